@@ -1,0 +1,580 @@
+//! The Kubernetes REST front end: paths, content negotiation, Tables, watches and
+//! `Status` errors over the [`Registry`].
+//!
+//! Start with [`handle`]: it parses the path ([`path`]), answers discovery
+//! ([`discovery`]) or dispatches a resource request by method.
+
+pub mod discovery;
+pub mod path;
+mod table;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use rkube_api::{
+    fields, object,
+    selector::{FieldSelector, LabelSelector},
+    status::Status,
+    Resource, Subresource,
+};
+
+use crate::registry::{
+    DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, WriteOptions,
+};
+use path::{Route, Target};
+
+/// Bodies larger than this are refused with 413, as Kubernetes does.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q.unwrap_or(""))
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let bytes = serde_json::to_vec(body).expect("a JSON value always serialises");
+    bytes_response(code, Bytes::from(bytes), "application/json", warnings)
+}
+
+fn bytes_response(
+    code: StatusCode,
+    body: Bytes,
+    content_type: &str,
+    warnings: &[String],
+) -> Response {
+    let mut resp = (code, body).into_response();
+    if let Ok(ct) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// A `Status` error as its HTTP response.
+pub fn status_response(status: &Status) -> Response {
+    let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &status.to_json(), &[])
+}
+
+fn err(status: Box<Status>) -> Response {
+    status_response(&status)
+}
+
+/// Whether the client asked for a server-side Table.
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
+}
+
+/// The single entry point of the REST API.
+pub async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let query = parse_query(parts.uri.query());
+    let route = path::parse(parts.uri.path());
+    let get = parts.method == Method::GET;
+    match route {
+        Route::Health if get => match state.registry.cache().wait_fresh().await {
+            Ok(_) => bytes_response(StatusCode::OK, Bytes::from_static(b"ok"), "text/plain", &[]),
+            Err(e) => status_response(&Status::unavailable(e.to_string())),
+        },
+        Route::Version if get => json_response(StatusCode::OK, &discovery::version(), &[]),
+        Route::Api if get && wants_aggregated(&parts.headers) => aggregated_response(true),
+        Route::Apis if get && wants_aggregated(&parts.headers) => aggregated_response(false),
+        Route::Api if get => json_response(StatusCode::OK, &discovery::api_versions(), &[]),
+        Route::Apis if get => json_response(StatusCode::OK, &discovery::api_group_list(), &[]),
+        Route::Group(g) if get => match discovery::group(&g) {
+            Some(v) => json_response(StatusCode::OK, &v, &[]),
+            None => status_response(&Status::path_not_found()),
+        },
+        Route::GroupVersion(g, v) if get => match discovery::resource_list(&g, &v) {
+            Some(v) => json_response(StatusCode::OK, &v, &[]),
+            None => status_response(&Status::path_not_found()),
+        },
+        Route::OpenApiV3 if get => json_response(StatusCode::OK, &discovery::openapi_index(), &[]),
+        Route::OpenApiV3Doc(key) if get => match discovery::openapi_document(&key) {
+            Some(v) => json_response(StatusCode::OK, &v, &[]),
+            None => status_response(&Status::path_not_found()),
+        },
+        // kubectl only understands protobuf OpenAPI v2; a 404 makes it use v3.
+        Route::OpenApiV2 => status_response(&Status::path_not_found()),
+        Route::Resource(target) => {
+            resource_request(&state, parts.method, &parts.headers, &query, target, body).await
+        }
+        Route::NotFound => status_response(&Status::path_not_found()),
+        _ => status_response(&Status::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({})",
+            parts.method
+        ))),
+    }
+}
+
+fn aggregated_response(core: bool) -> Response {
+    let body =
+        serde_json::to_vec(&discovery::aggregated(core)).expect("a JSON value always serialises");
+    bytes_response(
+        StatusCode::OK,
+        Bytes::from(body),
+        discovery::AGGREGATED_CONTENT_TYPE,
+        &[],
+    )
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Value, String), Box<Status>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    let bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(Box::new(Status::too_large(format!(
+                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+            ))))
+        }
+        Err(e) => {
+            return Err(Box::new(Status::bad_request(format!(
+                "reading the request body failed: {e}"
+            ))))
+        }
+    };
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let value = match base.as_str() {
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(&bytes).map_err(|e| {
+            Box::new(Status::bad_request(format!(
+                "decoding the protobuf body failed: {e}"
+            )))
+        })?,
+        "application/yaml" | "application/apply-patch+yaml" => {
+            serde_yaml::from_slice::<Value>(&bytes).map_err(|e| {
+                Box::new(Status::bad_request(format!(
+                    "the body is not valid YAML: {e}"
+                )))
+            })?
+        }
+        "application/json"
+        | "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/apply-patch+json"
+        | "" => serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            Box::new(Status::bad_request(format!(
+                "the body is not valid JSON: {e}"
+            )))
+        })?,
+        other => return Err(Box::new(Status::unsupported_media_type(other))),
+    };
+    Ok((value, base))
+}
+
+fn list_options(target: &Target, q: &Query) -> Result<ListOptions, Box<Status>> {
+    let label_selector = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(|e| {
+            Box::new(Status::bad_request(format!(
+                "unable to parse requirement: {e}"
+            )))
+        })?;
+    let field_selector = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
+        .map_err(|e| Box::new(Status::bad_request(e.to_string())))?;
+    fields::check(target.resource, &field_selector)
+        .map_err(|e| Box::new(Status::bad_request(e.to_string())))?;
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| Box::new(Status::bad_request(format!("invalid limit {l:?}"))))?,
+        None => 0,
+    };
+    Ok(ListOptions {
+        label_selector,
+        field_selector,
+        limit,
+        continue_token: q.get("continue").cloned(),
+        resource_version: q.get("resourceVersion").cloned(),
+    })
+}
+
+fn write_options(q: &Query) -> Result<WriteOptions, Box<Status>> {
+    Ok(WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        field_manager: q.get("fieldManager").cloned(),
+        force: q.get("force").is_some_and(|v| v == "true"),
+    })
+}
+
+fn is_true(q: &Query, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn resource_request(
+    state: &ApiState,
+    method: Method,
+    headers: &HeaderMap,
+    q: &Query,
+    target: Target,
+    body: Body,
+) -> Response {
+    let r = target.resource;
+    if r.namespaced() && target.namespace.is_none() && target.name.is_some() {
+        return status_response(&Status::path_not_found());
+    }
+    let ns = target.namespace.as_deref();
+    let sub = match target.subresource.as_deref() {
+        None => None,
+        Some("finalize") if r.kind == "Namespace" => Some(Subresource::Status),
+        Some(s) => match Subresource::from_name(s).filter(|s| r.has(*s)) {
+            Some(s) => Some(s),
+            None => return status_response(&Status::path_not_found()),
+        },
+    };
+    let reg = &state.registry;
+    match (method, target.name.as_deref(), sub) {
+        (Method::GET, None, None) => {
+            let opts = match list_options(&target, q) {
+                Ok(o) => o,
+                Err(s) => return err(s),
+            };
+            if is_true(q, "watch") {
+                return watch::serve(reg, r, ns, &opts, q, wants_table(headers)).await;
+            }
+            match reg.list(r, ns, &opts).await {
+                Ok(list) if wants_table(headers) => table::list_response(r, &list, q),
+                Ok(list) => list_json(r, &list),
+                Err(s) => err(s),
+            }
+        }
+        (Method::POST, None, None) => {
+            let (body, _) = match read_body(headers, body).await {
+                Ok(b) => b,
+                Err(s) => return err(s),
+            };
+            let opts = match write_options(q) {
+                Ok(o) => o,
+                Err(s) => return err(s),
+            };
+            match reg.create(r, ns, body, &opts).await {
+                Ok(w) => json_response(StatusCode::CREATED, &w.object, &w.warnings),
+                Err(s) => err(s),
+            }
+        }
+        (Method::DELETE, None, None) => delete_collection(reg, r, ns, q).await,
+        (Method::GET, Some(name), None | Some(Subresource::Status)) => {
+            match reg.get(r, ns, name).await {
+                Ok(obj) if wants_table(headers) => table::object_response(r, obj, q),
+                Ok(obj) => json_response(StatusCode::OK, &obj, &[]),
+                Err(s) => err(s),
+            }
+        }
+        (Method::GET, Some(name), Some(Subresource::Scale)) => match reg.get(r, ns, name).await {
+            Ok(obj) => json_response(StatusCode::OK, &scale_of(r, &obj), &[]),
+            Err(s) => err(s),
+        },
+        (Method::PUT | Method::PATCH, Some(name), Some(Subresource::Scale)) => {
+            scale_write(reg, r, ns, name, headers, q, body).await
+        }
+        (Method::PUT, Some(name), None | Some(Subresource::Status)) => {
+            let (body, _) = match read_body(headers, body).await {
+                Ok(b) => b,
+                Err(s) => return err(s),
+            };
+            let opts = match write_options(q) {
+                Ok(o) => o,
+                Err(s) => return err(s),
+            };
+            match reg.update(r, ns, name, body, sub, &opts).await {
+                Ok(w) => json_response(StatusCode::OK, &w.object, &w.warnings),
+                Err(s) => err(s),
+            }
+        }
+        (Method::PATCH, Some(name), None | Some(Subresource::Status)) => {
+            let (patch_body, ct) = match read_body(headers, body).await {
+                Ok(b) => b,
+                Err(s) => return err(s),
+            };
+            let Some(patch_type) = PatchType::from_content_type(&ct) else {
+                return status_response(&Status::unsupported_media_type(&ct));
+            };
+            let opts = match write_options(q) {
+                Ok(o) => o,
+                Err(s) => return err(s),
+            };
+            match reg
+                .patch(r, ns, name, patch_type, patch_body, sub, &opts)
+                .await
+            {
+                Ok(w) if w.created => json_response(StatusCode::CREATED, &w.object, &w.warnings),
+                Ok(w) => json_response(StatusCode::OK, &w.object, &w.warnings),
+                Err(s) => err(s),
+            }
+        }
+        (Method::DELETE, Some(name), None) => {
+            let opts = match delete_options(headers, q, body).await {
+                Ok(o) => o,
+                Err(s) => return err(s),
+            };
+            match reg.delete(r, ns, name, &opts).await {
+                Ok((obj, _)) => json_response(StatusCode::OK, &obj, &[]),
+                Err(s) => err(s),
+            }
+        }
+        (Method::POST, Some(name), Some(Subresource::Binding)) => {
+            let (binding, _) = match read_body(headers, body).await {
+                Ok(b) => b,
+                Err(s) => return err(s),
+            };
+            match reg.bind(ns.unwrap_or("default"), name, &binding).await {
+                Ok(_) => json_response(StatusCode::CREATED, &Status::success(None).to_json(), &[]),
+                Err(s) => err(s),
+            }
+        }
+        (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => {
+            status_response(&Status::unavailable(
+                "logs and exec are served by the node agent, which this cluster does not run yet",
+            ))
+        }
+        (m, _, _) => status_response(&Status::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
+    }
+}
+
+async fn delete_options(
+    headers: &HeaderMap,
+    q: &Query,
+    body: Body,
+) -> Result<DeleteOptions, Box<Status>> {
+    let bytes = http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut opts: DeleteOptions = if bytes.is_empty() {
+        DeleteOptions::default()
+    } else {
+        let _ = headers;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Box::new(Status::bad_request(format!("invalid DeleteOptions: {e}"))))?
+    };
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+            Box::new(Status::bad_request(format!(
+                "invalid gracePeriodSeconds {g:?}"
+            )))
+        })?);
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.clone());
+    }
+    if q.get("dryRun").is_some_and(|v| v == "All") {
+        opts.dry_run = vec!["All".into()];
+    }
+    Ok(opts)
+}
+
+async fn delete_collection(
+    reg: &Registry,
+    r: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+) -> Response {
+    let target = Target {
+        resource: r,
+        namespace: ns.map(String::from),
+        name: None,
+        subresource: None,
+    };
+    let opts = match list_options(&target, q) {
+        Ok(o) => o,
+        Err(s) => return err(s),
+    };
+    let list = match reg.list(r, ns, &opts).await {
+        Ok(l) => l,
+        Err(s) => return err(s),
+    };
+    let mut items = Vec::new();
+    for o in &list.items {
+        let ns = if r.namespaced() {
+            Some(o.namespace.as_str())
+        } else {
+            None
+        };
+        match reg.delete(r, ns, &o.name, &DeleteOptions::default()).await {
+            Ok((obj, _)) => items.push(obj),
+            Err(s) if s.code == 404 => {}
+            Err(s) => return err(s),
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": items}),
+        &[],
+    )
+}
+
+/// The JSON of a list, assembled from each object's cached serialisation.
+fn list_json(r: &Resource, list: &crate::registry::ListResult) -> Response {
+    let mut meta = json!({"resourceVersion": list.resource_version.to_string()});
+    if let Some(c) = &list.continue_token {
+        meta["continue"] = json!(c);
+    }
+    let head = format!(
+        "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        r.list_kind(),
+        r.api_version(),
+        meta
+    );
+    let mut out = Vec::with_capacity(
+        head.len() + list.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 2,
+    );
+    out.extend_from_slice(head.as_bytes());
+    for (i, o) in list.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&o.json);
+    }
+    out.extend_from_slice(b"]}");
+    bytes_response(StatusCode::OK, Bytes::from(out), "application/json", &[])
+}
+
+/// The `autoscaling/v1` Scale of a workload.
+fn scale_of(r: &Resource, obj: &Value) -> Value {
+    let selector = obj["spec"]["selector"].clone();
+    let selector_text = serde_json::from_value::<
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    >(selector)
+    .ok()
+    .and_then(|s| LabelSelector::from_k8s(&s).ok())
+    .map(|s| s.to_string())
+    .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(if r.kind == "StatefulSet" || r.kind == "Deployment" || r.kind == "ReplicaSet" { 1 } else { 0 })},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector_text},
+    })
+}
+
+async fn scale_write(
+    reg: &Registry,
+    r: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    q: &Query,
+    body: Body,
+) -> Response {
+    let (input, ct) = match read_body(headers, body).await {
+        Ok(b) => b,
+        Err(s) => return err(s),
+    };
+    let opts = match write_options(q) {
+        Ok(o) => o,
+        Err(s) => return err(s),
+    };
+    for _attempt in 0..16 {
+        let current = match reg.read(r, ns, name).await {
+            Ok(c) => c,
+            Err(s) => return err(s),
+        };
+        let scale = scale_of(r, &current.value);
+        let new_scale = match PatchType::from_content_type(&ct) {
+            None => Ok(input.clone()),
+            Some(PatchType::Json) => rkube_api::patch::json_patch(&scale, &input),
+            Some(PatchType::Merge | PatchType::StrategicMerge | PatchType::Apply) => {
+                rkube_api::patch::merge_patch(&scale, &input)
+            }
+        };
+        let new_scale = match new_scale {
+            Ok(s) => s,
+            Err(e) => return status_response(&Status::bad_request(e.to_string())),
+        };
+        if let Some(rv) = object::resource_version(&new_scale) {
+            if rv != current.mod_revision.to_string() {
+                return status_response(&Status::conflict(r.group, r.plural, name));
+            }
+        }
+        let Some(replicas) = new_scale["spec"]["replicas"].as_i64() else {
+            return status_response(&Status::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                &[rkube_api::validation::FieldError {
+                    kind: rkube_api::validation::ErrorType::Required,
+                    field: "spec.replicas".into(),
+                    value: None,
+                    detail: String::new(),
+                }],
+            ));
+        };
+        let mut obj = current.value.clone();
+        obj["spec"]["replicas"] = json!(replicas);
+        match reg
+            .write_update(r, ns, name, current, obj, None, &opts)
+            .await
+        {
+            Ok(w) => return json_response(StatusCode::OK, &scale_of(r, &w.object), &[]),
+            Err(s)
+                if s.code == 409
+                    && s.reason == "Conflict"
+                    && object::resource_version(&new_scale).is_none() =>
+            {
+                continue
+            }
+            Err(s) => return err(s),
+        }
+    }
+    status_response(&Status::conflict(r.group, r.plural, name))
+}
