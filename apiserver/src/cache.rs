@@ -15,9 +15,9 @@ use bytes::Bytes;
 use etcd_client::{EventType as EtcdEventType, WatchOptions};
 use parking_lot::RwLock;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use rkube_api::{object, resource::RESOURCES, Resource};
 
@@ -132,7 +132,6 @@ struct Shared {
     storage: Storage,
     capacity: usize,
     revision_tx: watch::Sender<i64>,
-    progress_tx: mpsc::Sender<()>,
 }
 
 /// Which resource a registry key belongs to.
@@ -155,7 +154,6 @@ impl WatchCache {
         capacity: usize,
         shutdown: CancellationToken,
     ) -> Result<Self, storage::Error> {
-        let (progress_tx, progress_rx) = mpsc::channel(16);
         let (revision_tx, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: RwLock::new(State {
@@ -165,11 +163,10 @@ impl WatchCache {
             storage,
             capacity: capacity.max(1),
             revision_tx,
-            progress_tx,
         });
         let start = shared.relist().await?;
         let task_shared = shared.clone();
-        tokio::spawn(async move { task_shared.follow(start, progress_rx, shutdown).await });
+        tokio::spawn(async move { task_shared.follow(start, shutdown).await });
         Ok(WatchCache { shared })
     }
 
@@ -180,10 +177,14 @@ impl WatchCache {
 
     /// Waits until the cache reflects every write etcd has acknowledged so far.
     ///
+    /// etcd's progress notifications cannot be trusted for this (before 3.4.31 they may
+    /// overtake events), so the cache writes a tick key and waits for its own watch to
+    /// deliver it: every earlier write has then been delivered too.
+    ///
     /// # Errors
-    /// When etcd cannot be asked or the cache does not catch up in time.
+    /// When etcd cannot be written or the cache does not catch up in time.
     pub async fn wait_fresh(&self) -> Result<i64, Error> {
-        let current = self.shared.storage.current_revision().await?;
+        let current = self.shared.storage.tick().await?;
         self.wait_for(current, Duration::from_secs(5)).await
     }
 
@@ -193,7 +194,11 @@ impl WatchCache {
         if *rx.borrow() >= revision {
             return Ok(*rx.borrow());
         }
-        let _ = self.shared.progress_tx.try_send(());
+        // A write of our own guarantees the watch moves past `revision` even when the
+        // writes that led there were outside the registry.
+        if let Err(e) = self.shared.storage.tick().await {
+            warn!(error = %e, "tick write failed");
+        }
         let waited = tokio::time::timeout(timeout, async {
             loop {
                 if *rx.borrow_and_update() >= revision {
@@ -402,12 +407,7 @@ impl Shared {
         Ok(revision)
     }
 
-    async fn follow(
-        self: Arc<Self>,
-        mut revision: i64,
-        mut progress_rx: mpsc::Receiver<()>,
-        shutdown: CancellationToken,
-    ) {
+    async fn follow(self: Arc<Self>, mut revision: i64, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
             if shutdown.is_cancelled() {
@@ -416,7 +416,6 @@ impl Shared {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_prev_key()
-                .with_progress_notify()
                 .with_start_revision(revision + 1);
             let mut client = self.storage.client();
             let stream = tokio::select! {
@@ -436,12 +435,6 @@ impl Shared {
             loop {
                 let message = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    Some(()) = progress_rx.recv() => {
-                        if let Err(e) = stream.request_progress().await {
-                            debug!(error = %e, "progress request failed");
-                        }
-                        continue;
-                    }
                     m = stream.message() => m,
                 };
                 match message {
@@ -457,7 +450,7 @@ impl Shared {
                             }
                             break;
                         }
-                        revision = self.apply(&resp, revision);
+                        revision = self.apply(&resp);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -470,8 +463,7 @@ impl Shared {
     }
 
     /// Applies one etcd watch response; returns the new cache revision.
-    fn apply(&self, resp: &etcd_client::WatchResponse, revision: i64) -> i64 {
-        let header_revision = resp.header().map(|h| h.revision()).unwrap_or(revision);
+    fn apply(&self, resp: &etcd_client::WatchResponse) -> i64 {
         let mut state = self.state.write();
         let mut newest = state.revision;
         for event in resp.events() {
@@ -532,9 +524,6 @@ impl Shared {
             }
             // No receivers is fine: nobody watches this resource right now.
             let _ = rs.tx.send(event);
-        }
-        if resp.events().is_empty() {
-            newest = newest.max(header_revision);
         }
         state.revision = newest;
         drop(state);

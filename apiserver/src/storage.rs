@@ -155,6 +155,15 @@ impl Storage {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
+    /// Writes the tick key (see the watch cache) and returns the revision of the write.
+    pub async fn tick(&self) -> Result<i64> {
+        let resp = self
+            .kv()
+            .put(format!("{PREFIX}~tick"), Vec::new(), None)
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
     /// Creates `key` if absent, together with the given claims. Returns the revision.
     ///
     /// # Errors

@@ -18,31 +18,8 @@ pub enum DeletePlan {
     Mark(Value),
 }
 
-/// A Secret's `stringData` is write-only: it is merged into `data` (base64) and never
-/// stored, as Kubernetes does.
-fn merge_string_data(resource: &Resource, obj: &mut Value) {
-    use base64::Engine;
-    if (resource.group, resource.kind) != ("", "Secret") {
-        return;
-    }
-    let Some(string_data) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
-        return;
-    };
-    let Some(entries) = string_data.as_object() else {
-        return;
-    };
-    if !obj["data"].is_object() {
-        obj["data"] = json!({});
-    }
-    for (k, v) in entries {
-        let text = v.as_str().unwrap_or_default();
-        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
-}
-
 /// Resets what users cannot set on create (status of workloads, a pod's phase…).
 pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
-    merge_string_data(resource, obj);
     let Some(map) = obj.as_object_mut() else {
         return;
     };
@@ -69,7 +46,6 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
 
 /// Kind rules for an update (the registry already kept identity and status).
 pub fn prepare_for_update(resource: &Resource, new: &mut Value, old: &Value) {
-    merge_string_data(resource, new);
     if (resource.group, resource.kind) == ("", "Service") {
         // A ClusterIP, once allocated, stays unless the update names one.
         let old_ip = old["spec"]["clusterIP"].clone();

@@ -263,7 +263,7 @@ pub enum WatchEvent<K> {
     Bookmark(String),
     /// The apiserver ended the watch with this status; code 410 means the
     /// resourceVersion is too old and the caller must list again.
-    Error(Status),
+    Error(Box<Status>),
 }
 
 /// Typed access to objects of kind `K`, in one namespace or in all of them.
@@ -548,7 +548,7 @@ fn decode_event<K: Object>(event: proto::WatchEvent) -> Result<WatchEvent<K>> {
                     kind: "Status",
                     source,
                 })?;
-            Ok(WatchEvent::Error(status))
+            Ok(WatchEvent::Error(Box::new(status)))
         }
         other => Err(Error::UnknownEventType(other.to_string())),
     }

@@ -12,11 +12,22 @@
 //! - [`queue`]: a deduplicating, rate-limited [`WorkQueue`] of keys that hands each key
 //!   to one worker at a time.
 //!
-//! ```ignore
-//! let client = Client::connect(ClientConfig::from_kubeconfig(path)?).await?;
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::StreamExt;
+//! use tracing::Instrument;
+//! use k8s_openapi::api::core::v1::Pod;
+//! use rkube_client::{reflector, store, watcher, Api, Client, ClientConfig, WatcherConfig};
+//!
+//! let client = Client::connect(ClientConfig::from_kubeconfig("kubeconfig")?).await?;
 //! let pods: Api<Pod> = Api::namespaced(client, "default");
 //! let (store, writer) = store::store();
 //! let events = reflector(writer, watcher(pods, WatcherConfig::default()));
+//! tokio::spawn(events.for_each(|_| async {}).instrument(tracing::info_span!("pod_reflector")));
+//! store.wait_until_ready().await?;
+//! println!("{} pods", store.len());
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Errors: each module has its own `Error`; [`api::Error`] carries the Kubernetes
@@ -36,4 +47,4 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use queue::{RateLimit, WorkQueue};
 pub use store::{reflector, ObjectRef, Store, Writer};
-pub use watcher::{watcher, Config as WatcherConfig, Event};
+pub use watcher::{watcher, Config as WatcherConfig};

@@ -351,7 +351,7 @@ impl<K: Object> Watcher<K> {
                         WatchEvent::Error(status) => {
                             self.state = State::Listed { resource_version };
                             self.back_off();
-                            return Err(Error::WatchError(Box::new(status)));
+                            return Err(Error::WatchError(status));
                         }
                     };
                     delivered = true;

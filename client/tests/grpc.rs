@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Binding, ConfigMap, ObjectReference, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use rkube_client::watcher::Backoff;
+use rkube_client::watcher::{Backoff, Event};
 use rkube_client::{
-    reflector, store, watcher, Api, Client, ClientConfig, DeleteParams, Event, ListParams,
-    ObjectRef, WatchEvent, WatchParams, WatcherConfig,
+    reflector, store, watcher, Api, Client, ClientConfig, DeleteParams, ListParams, ObjectRef,
+    WatchEvent, WatchParams, WatcherConfig,
 };
 use serde_json::json;
 use tonic::Code;

@@ -239,7 +239,7 @@ async fn lists_page_and_select() {
     let (code, page1) = c.call(Method::GET, &format!("{CMS}?limit=2"), None).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(page1["kind"], "ConfigMapList");
-    assert_eq!(page1["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page1["items"].as_array().map(Vec::len), Some(2), "{page1}");
     let list_rv = page1["metadata"]["resourceVersion"]
         .as_str()
         .expect("list rv")
@@ -424,7 +424,7 @@ async fn compaction_expires_old_resource_versions() {
     let (_, page) = c.call(Method::GET, &format!("{CMS}?limit=1"), None).await;
     let token = page["metadata"]["continue"]
         .as_str()
-        .expect("continue token")
+        .unwrap_or_else(|| panic!("a continue token: {page}"))
         .to_string();
     // The compactor compacts to the revision it saw one interval earlier.
     let mut expired = None;

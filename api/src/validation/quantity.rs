@@ -1,7 +1,7 @@
 //! Kubernetes resource quantities (`500m`, `1.5`, `128Mi`, `1e3`), parsed to milli-units.
 //!
 //! The grammar is Kubernetes': an optionally signed decimal number, then a binary SI
-//! suffix (`Ki`…`Ei`), a decimal SI suffix (`m`, ``, `k`, `M`…`E`) or a decimal
+//! suffix (`Ki`…`Ei`), a decimal SI suffix (`n`, `u`, `m`, none, `k`, `M`…`E`) or a decimal
 //! exponent (`e3`, `E-2`). Values finer than a milli-unit round up, as Kubernetes
 //! rounds resource lists to milli precision.
 
