@@ -220,6 +220,18 @@ impl WatchCache {
         }
     }
 
+    /// One object by key, as the cache has it.
+    pub fn get(&self, resource: &Resource, key: &str) -> Option<Arc<CachedObject>> {
+        self.shared
+            .state
+            .read()
+            .resources
+            .get(resource.plural)?
+            .objects
+            .get(key)
+            .cloned()
+    }
+
     /// The objects of a resource under `prefix` (a collection key prefix), in key order,
     /// and the cache revision they reflect.
     pub fn snapshot(&self, resource: &Resource, prefix: &str) -> (Vec<Arc<CachedObject>>, i64) {

@@ -559,7 +559,14 @@ impl Registry {
         }
         let ns_resource =
             rkube_api::resource::find("", "v1", "namespaces").expect("namespaces are in the table");
-        let ns = self.get(ns_resource, None, namespace).await?;
+        // The watch cache answers for namespaces it has seen, as Kubernetes' namespace
+        // lifecycle admission uses an informer (a namespace's deletion returns only once
+        // the cache has seen it, see `delete`); etcd answers for one it has not seen yet.
+        let key = storage::key(ns_resource, None, namespace);
+        let ns = match self.cache.get(ns_resource, &key) {
+            Some(cached) => cached.value.clone(),
+            None => self.get(ns_resource, None, namespace).await?,
+        };
         if object::deletion_timestamp(&ns).is_some() || ns["status"]["phase"] == "Terminating" {
             let mut status = Status::forbidden(format!(
                 "{} \"{}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
@@ -1025,7 +1032,19 @@ impl Registry {
                 }
             };
             match result {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    if resource.kind == "Namespace" && resource.group.is_empty() {
+                        // Creates check namespaces in the watch cache: let it see the
+                        // termination before anyone is told it happened.
+                        let rev = object::resource_version(&done.0)
+                            .and_then(|r| r.parse().ok())
+                            .unwrap_or(0);
+                        if let Err(e) = self.cache.wait_for(rev, Duration::from_secs(5)).await {
+                            tracing::warn!(error = %e, "watch cache is slow to see a terminating namespace");
+                        }
+                    }
+                    return Ok(done);
+                }
                 Err(storage::Error::Conflict { .. })
                     if opts.preconditions.resource_version.is_none() =>
                 {

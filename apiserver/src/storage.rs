@@ -82,6 +82,9 @@ pub fn decode(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Value> {
 
 /// Serialises an object for storage, without its `resourceVersion`.
 pub fn encode(obj: &Value) -> Vec<u8> {
+    if object::resource_version(obj).is_none() && obj["metadata"].get("resourceVersion").is_none() {
+        return serde_json::to_vec(obj).expect("a JSON value always serialises");
+    }
     let mut obj = obj.clone();
     object::metadata_mut(&mut obj).remove("resourceVersion");
     serde_json::to_vec(&obj).expect("a JSON value always serialises")

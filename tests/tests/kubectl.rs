@@ -345,3 +345,29 @@ async fn get_watch_prints_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walkthrough_manifests_apply() {
+    let k = kube().await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/hello/");
+    let out = k.ok(&["apply", "-f", dir]).await;
+    assert!(
+        out.contains("deployment.apps/helloworld created")
+            && out.contains("service/helloworld created"),
+        "{out}"
+    );
+    let svc = k.ok(&["get", "svc", "helloworld"]).await;
+    assert!(
+        svc.contains("NodePort") && svc.contains("80:30080/TCP"),
+        "{svc}"
+    );
+    let all = k.ok(&["get", "all"]).await;
+    assert!(
+        all.contains("deployment.apps/helloworld") && all.contains("service/helloworld"),
+        "{all}"
+    );
+    let scaled = k.ok(&["scale", "--replicas=2", "deploy/helloworld"]).await;
+    assert!(scaled.contains("scaled"), "{scaled}");
+    let out = k.ok(&["delete", "-f", dir]).await;
+    assert!(out.contains("deleted"), "{out}");
+}

@@ -96,7 +96,10 @@ fn with_tail(r: &'static Resource, namespace: Option<String>, tail: &[&str]) -> 
 mod tests {
     use super::*;
 
-    fn t(route: Route) -> Option<(String, Option<String>, Option<String>, Option<String>)> {
+    /// Resource, namespace, name, subresource.
+    type Parts = (String, Option<String>, Option<String>, Option<String>);
+
+    fn t(route: Route) -> Option<Parts> {
         match route {
             Route::Resource(t) => {
                 Some((t.resource.plural.into(), t.namespace, t.name, t.subresource))
