@@ -1072,12 +1072,7 @@ impl Registry {
                 "",
                 "Binding",
                 name,
-                &[validation::FieldError {
-                    kind: validation::ErrorType::Required,
-                    field: "target.name".into(),
-                    value: None,
-                    detail: String::new(),
-                }],
+                &[validation::FieldError::required("target.name", "")],
             )));
         }
         for _attempt in 0..16 {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
+use rkube_api::validation::FieldError;
 use rkube_api::{
     fields, object,
     selector::{FieldSelector, LabelSelector},
@@ -79,10 +80,6 @@ fn bytes_response(
 pub fn status_response(status: &Status) -> Response {
     let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(code, &status.to_json(), &[])
-}
-
-fn err(status: Box<Status>) -> Response {
-    status_response(&status)
 }
 
 /// Whether the client asked for a server-side Table.
@@ -157,29 +154,35 @@ fn aggregated_response(core: bool) -> Response {
     )
 }
 
+/// The raw request body, refused with 413 past [`MAX_BODY_BYTES`].
+async fn read_bytes(body: Body) -> Result<Bytes, Box<Status>> {
+    match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(Status::too_large(format!(
+                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+            ))))
+        }
+        Err(e) => Err(Box::new(Status::bad_request(format!(
+            "reading the request body failed: {e}"
+        )))),
+    }
+}
+
+/// The request body decoded by its content type, and that content type.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<(Value, String), Box<Status>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(Box::new(Status::too_large(format!(
-                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
-            ))))
-        }
-        Err(e) => {
-            return Err(Box::new(Status::bad_request(format!(
-                "reading the request body failed: {e}"
-            ))))
-        }
-    };
+    let bytes = read_bytes(body).await?;
     let base = content_type
         .split(';')
         .next()
@@ -261,153 +264,131 @@ async fn resource_request(
     target: Target,
     body: Body,
 ) -> Response {
+    match dispatch(state, method, headers, q, target, body).await {
+        Ok(resp) => resp,
+        Err(status) => status_response(&status),
+    }
+}
+
+/// Runs one resource request; every error is a `Status`.
+async fn dispatch(
+    state: &ApiState,
+    method: Method,
+    headers: &HeaderMap,
+    q: &Query,
+    target: Target,
+    body: Body,
+) -> Result<Response, Box<Status>> {
     let r = target.resource;
     if r.namespaced() && target.namespace.is_none() && target.name.is_some() {
-        return status_response(&Status::path_not_found());
+        return Err(Box::new(Status::path_not_found()));
     }
     let ns = target.namespace.as_deref();
     let sub = match target.subresource.as_deref() {
         None => None,
         Some("finalize") if r.kind == "Namespace" => Some(Subresource::Status),
-        Some(s) => match Subresource::from_name(s).filter(|s| r.has(*s)) {
-            Some(s) => Some(s),
-            None => return status_response(&Status::path_not_found()),
-        },
+        Some(s) => Some(
+            Subresource::from_name(s)
+                .filter(|s| r.has(*s))
+                .ok_or_else(|| Box::new(Status::path_not_found()))?,
+        ),
     };
     let reg = &state.registry;
-    match (method, target.name.as_deref(), sub) {
+    let resp = match (method, target.name.as_deref(), sub) {
         (Method::GET, None, None) => {
-            let opts = match list_options(&target, q) {
-                Ok(o) => o,
-                Err(s) => return err(s),
-            };
+            let opts = list_options(&target, q)?;
             if is_true(q, "watch") {
-                return watch::serve(reg, r, ns, &opts, q, wants_table(headers)).await;
+                return Ok(watch::serve(reg, r, ns, &opts, q, wants_table(headers)).await);
             }
-            match reg.list(r, ns, &opts).await {
-                Ok(list) if wants_table(headers) => table::list_response(r, &list, q),
-                Ok(list) => list_json(r, &list),
-                Err(s) => err(s),
+            let list = reg.list(r, ns, &opts).await?;
+            if wants_table(headers) {
+                table::list_response(r, &list, q)
+            } else {
+                list_json(r, &list)
             }
         }
         (Method::POST, None, None) => {
-            let (body, _) = match read_body(headers, body).await {
-                Ok(b) => b,
-                Err(s) => return err(s),
-            };
-            let opts = match write_options(q) {
-                Ok(o) => o,
-                Err(s) => return err(s),
-            };
-            match reg.create(r, ns, body, &opts).await {
-                Ok(w) => json_response(StatusCode::CREATED, &w.object, &w.warnings),
-                Err(s) => err(s),
-            }
+            let (body, _) = read_body(headers, body).await?;
+            let w = reg.create(r, ns, body, &write_options(q)?).await?;
+            json_response(StatusCode::CREATED, &w.object, &w.warnings)
         }
-        (Method::DELETE, None, None) => delete_collection(reg, r, ns, q).await,
+        (Method::DELETE, None, None) => delete_collection(reg, r, ns, q).await?,
         (Method::GET, Some(name), None | Some(Subresource::Status)) => {
-            match reg.get(r, ns, name).await {
-                Ok(obj) if wants_table(headers) => table::object_response(r, obj, q),
-                Ok(obj) => json_response(StatusCode::OK, &obj, &[]),
-                Err(s) => err(s),
+            let obj = reg.get(r, ns, name).await?;
+            if wants_table(headers) {
+                table::object_response(r, obj, q)
+            } else {
+                json_response(StatusCode::OK, &obj, &[])
             }
         }
-        (Method::GET, Some(name), Some(Subresource::Scale)) => match reg.get(r, ns, name).await {
-            Ok(obj) => json_response(StatusCode::OK, &scale_of(r, &obj), &[]),
-            Err(s) => err(s),
-        },
+        (Method::GET, Some(name), Some(Subresource::Scale)) => json_response(
+            StatusCode::OK,
+            &scale_of(r, &reg.get(r, ns, name).await?),
+            &[],
+        ),
         (Method::PUT | Method::PATCH, Some(name), Some(Subresource::Scale)) => {
-            scale_write(reg, r, ns, name, headers, q, body).await
+            scale_write(reg, r, ns, name, headers, q, body).await?
         }
         (Method::PUT, Some(name), None | Some(Subresource::Status)) => {
-            let (body, _) = match read_body(headers, body).await {
-                Ok(b) => b,
-                Err(s) => return err(s),
-            };
-            let opts = match write_options(q) {
-                Ok(o) => o,
-                Err(s) => return err(s),
-            };
-            match reg.update(r, ns, name, body, sub, &opts).await {
-                Ok(w) => json_response(StatusCode::OK, &w.object, &w.warnings),
-                Err(s) => err(s),
-            }
+            let (body, _) = read_body(headers, body).await?;
+            let w = reg
+                .update(r, ns, name, body, sub, &write_options(q)?)
+                .await?;
+            json_response(StatusCode::OK, &w.object, &w.warnings)
         }
         (Method::PATCH, Some(name), None | Some(Subresource::Status)) => {
-            let (patch_body, ct) = match read_body(headers, body).await {
-                Ok(b) => b,
-                Err(s) => return err(s),
+            let (patch_body, ct) = read_body(headers, body).await?;
+            let patch_type = PatchType::from_content_type(&ct)
+                .ok_or_else(|| Box::new(Status::unsupported_media_type(&ct)))?;
+            let w = reg
+                .patch(r, ns, name, patch_type, patch_body, sub, &write_options(q)?)
+                .await?;
+            let code = if w.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
             };
-            let Some(patch_type) = PatchType::from_content_type(&ct) else {
-                return status_response(&Status::unsupported_media_type(&ct));
-            };
-            let opts = match write_options(q) {
-                Ok(o) => o,
-                Err(s) => return err(s),
-            };
-            match reg
-                .patch(r, ns, name, patch_type, patch_body, sub, &opts)
-                .await
-            {
-                Ok(w) if w.created => json_response(StatusCode::CREATED, &w.object, &w.warnings),
-                Ok(w) => json_response(StatusCode::OK, &w.object, &w.warnings),
-                Err(s) => err(s),
-            }
+            json_response(code, &w.object, &w.warnings)
         }
         (Method::DELETE, Some(name), None) => {
-            let opts = match delete_options(headers, q, body).await {
-                Ok(o) => o,
-                Err(s) => return err(s),
-            };
-            match reg.delete(r, ns, name, &opts).await {
-                Ok((obj, _)) => json_response(StatusCode::OK, &obj, &[]),
-                Err(s) => err(s),
-            }
+            let opts = delete_options(q, body).await?;
+            let (obj, _) = reg.delete(r, ns, name, &opts).await?;
+            json_response(StatusCode::OK, &obj, &[])
         }
         (Method::POST, Some(name), Some(Subresource::Binding)) => {
-            let (binding, _) = match read_body(headers, body).await {
-                Ok(b) => b,
-                Err(s) => return err(s),
-            };
-            match reg.bind(ns.unwrap_or("default"), name, &binding).await {
-                Ok(_) => json_response(StatusCode::CREATED, &Status::success(None).to_json(), &[]),
-                Err(s) => err(s),
-            }
+            let (binding, _) = read_body(headers, body).await?;
+            reg.bind(ns.unwrap_or("default"), name, &binding).await?;
+            json_response(StatusCode::CREATED, &Status::success(None).to_json(), &[])
         }
         (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => {
-            status_response(&Status::unavailable(
+            return Err(Box::new(Status::unavailable(
                 "logs and exec are served by the node agent, which this cluster does not run yet",
-            ))
+            )))
         }
-        (m, _, _) => status_response(&Status::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource ({m})"
-        ))),
-    }
+        (m, _, _) => {
+            return Err(Box::new(Status::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({m})"
+            ))))
+        }
+    };
+    Ok(resp)
 }
 
-async fn delete_options(
-    headers: &HeaderMap,
-    q: &Query,
-    body: Body,
-) -> Result<DeleteOptions, Box<Status>> {
-    let bytes = http_body_util::Limited::new(body, MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+async fn delete_options(q: &Query, body: Body) -> Result<DeleteOptions, Box<Status>> {
+    let bytes = read_bytes(body).await?;
     let mut opts: DeleteOptions = if bytes.is_empty() {
         DeleteOptions::default()
     } else {
-        let _ = headers;
         serde_json::from_slice(&bytes)
             .map_err(|e| Box::new(Status::bad_request(format!("invalid DeleteOptions: {e}"))))?
     };
     if let Some(g) = q.get("gracePeriodSeconds") {
-        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+        let grace = g.parse().map_err(|_| {
             Box::new(Status::bad_request(format!(
                 "invalid gracePeriodSeconds {g:?}"
             )))
-        })?);
+        })?;
+        opts.grace_period_seconds = Some(grace);
     }
     if let Some(p) = q.get("propagationPolicy") {
         opts.propagation_policy = Some(p.clone());
@@ -423,39 +404,25 @@ async fn delete_collection(
     r: &'static Resource,
     ns: Option<&str>,
     q: &Query,
-) -> Response {
+) -> Result<Response, Box<Status>> {
     let target = Target {
         resource: r,
         namespace: ns.map(String::from),
         name: None,
         subresource: None,
     };
-    let opts = match list_options(&target, q) {
-        Ok(o) => o,
-        Err(s) => return err(s),
-    };
-    let list = match reg.list(r, ns, &opts).await {
-        Ok(l) => l,
-        Err(s) => return err(s),
-    };
+    let list = reg.list(r, ns, &list_options(&target, q)?).await?;
     let mut items = Vec::new();
     for o in &list.items {
-        let ns = if r.namespaced() {
-            Some(o.namespace.as_str())
-        } else {
-            None
-        };
+        let ns = r.namespaced().then_some(o.namespace.as_str());
         match reg.delete(r, ns, &o.name, &DeleteOptions::default()).await {
             Ok((obj, _)) => items.push(obj),
             Err(s) if s.code == 404 => {}
-            Err(s) => return err(s),
+            Err(s) => return Err(s),
         }
     }
-    json_response(
-        StatusCode::OK,
-        &json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": items}),
-        &[],
-    )
+    let body = json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": {}, "items": items});
+    Ok(json_response(StatusCode::OK, &body, &[]))
 }
 
 /// The JSON of a list, assembled from each object's cached serialisation.
@@ -515,20 +482,11 @@ async fn scale_write(
     headers: &HeaderMap,
     q: &Query,
     body: Body,
-) -> Response {
-    let (input, ct) = match read_body(headers, body).await {
-        Ok(b) => b,
-        Err(s) => return err(s),
-    };
-    let opts = match write_options(q) {
-        Ok(o) => o,
-        Err(s) => return err(s),
-    };
+) -> Result<Response, Box<Status>> {
+    let (input, ct) = read_body(headers, body).await?;
+    let opts = write_options(q)?;
     for _attempt in 0..16 {
-        let current = match reg.read(r, ns, name).await {
-            Ok(c) => c,
-            Err(s) => return err(s),
-        };
+        let current = reg.read(r, ns, name).await?;
         let scale = scale_of(r, &current.value);
         let new_scale = match PatchType::from_content_type(&ct) {
             None => Ok(input.clone()),
@@ -536,28 +494,20 @@ async fn scale_write(
             Some(PatchType::Merge | PatchType::StrategicMerge | PatchType::Apply) => {
                 rkube_api::patch::merge_patch(&scale, &input)
             }
-        };
-        let new_scale = match new_scale {
-            Ok(s) => s,
-            Err(e) => return status_response(&Status::bad_request(e.to_string())),
-        };
-        if let Some(rv) = object::resource_version(&new_scale) {
-            if rv != current.mod_revision.to_string() {
-                return status_response(&Status::conflict(r.group, r.plural, name));
-            }
+        }
+        .map_err(|e| Box::new(Status::bad_request(e.to_string())))?;
+        let precondition = object::resource_version(&new_scale);
+        if precondition.is_some_and(|rv| rv != current.mod_revision.to_string()) {
+            return Err(Box::new(Status::conflict(r.group, r.plural, name)));
         }
         let Some(replicas) = new_scale["spec"]["replicas"].as_i64() else {
-            return status_response(&Status::invalid(
+            let missing = FieldError::required("spec.replicas", "");
+            return Err(Box::new(Status::invalid(
                 "autoscaling",
                 "Scale",
                 name,
-                &[rkube_api::validation::FieldError {
-                    kind: rkube_api::validation::ErrorType::Required,
-                    field: "spec.replicas".into(),
-                    value: None,
-                    detail: String::new(),
-                }],
-            ));
+                &[missing],
+            )));
         };
         let mut obj = current.value.clone();
         obj["spec"]["replicas"] = json!(replicas);
@@ -565,16 +515,12 @@ async fn scale_write(
             .write_update(r, ns, name, current, obj, None, &opts)
             .await
         {
-            Ok(w) => return json_response(StatusCode::OK, &scale_of(r, &w.object), &[]),
-            Err(s)
-                if s.code == 409
-                    && s.reason == "Conflict"
-                    && object::resource_version(&new_scale).is_none() =>
-            {
-                continue
-            }
-            Err(s) => return err(s),
+            Ok(w) => return Ok(json_response(StatusCode::OK, &scale_of(r, &w.object), &[])),
+            // Someone else wrote in between: scale the newer object, unless the client
+            // named the version it scaled.
+            Err(s) if s.code == 409 && s.reason == "Conflict" && precondition.is_none() => continue,
+            Err(s) => return Err(s),
         }
     }
-    status_response(&Status::conflict(r.group, r.plural, name))
+    Err(Box::new(Status::conflict(r.group, r.plural, name)))
 }
