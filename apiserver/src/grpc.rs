@@ -3,6 +3,7 @@
 //! REST API serves; errors carry the Kubernetes `Status` as JSON in the details.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use serde_json::Value;
@@ -14,6 +15,7 @@ use rkube_proto::v1::{
     ListRequest, ListResponse, Object, ResourceRef, UpdateRequest, WatchEvent, WatchRequest,
 };
 
+use crate::auth::{Authorizer, RequestAttributes, UserInfo};
 use crate::registry::{
     DeleteOptions, ListOptions, Preconditions, Registry, WatchItem, WriteOptions,
 };
@@ -22,6 +24,33 @@ use crate::registry::{
 #[derive(Clone)]
 pub struct GrpcApi {
     pub registry: Registry,
+    pub authorizer: Arc<dyn Authorizer>,
+}
+
+impl GrpcApi {
+    /// Asks the authorizer, as REST requests do.
+    fn check<T>(
+        &self,
+        req: &Request<T>,
+        verb: &str,
+        r: &Resource,
+        namespace: &str,
+        name: &str,
+        sub: &str,
+    ) -> Result<(), tonic::Status> {
+        let anonymous = UserInfo::anonymous();
+        let user = req.extensions().get::<UserInfo>().unwrap_or(&anonymous);
+        let attrs = RequestAttributes {
+            verb: verb.into(),
+            group: r.group.into(),
+            resource: r.plural.into(),
+            subresource: sub.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            path: String::new(),
+        };
+        crate::rest::authorize(self.authorizer.as_ref(), user, &attrs).map_err(grpc_err)
+    }
 }
 
 /// A Kubernetes `Status` as a gRPC status, with the Status JSON in the details.
@@ -104,8 +133,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, tonic::Status>> 
 #[tonic::async_trait]
 impl Resources for GrpcApi {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Object>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(
+            &req,
+            "get",
+            r,
+            &req.get_ref().namespace,
+            &req.get_ref().name,
+            "",
+        )?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let obj = self
             .registry
             .get(r, ns(&req.namespace), &req.name)
@@ -118,8 +155,9 @@ impl Resources for GrpcApi {
         &self,
         req: Request<ListRequest>,
     ) -> Result<Response<ListResponse>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(&req, "list", r, &req.get_ref().namespace, "", "")?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let opts = list_options(
             r,
             &req.label_selector,
@@ -146,8 +184,9 @@ impl Resources for GrpcApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(&req, "watch", r, &req.get_ref().namespace, "", "")?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let opts = list_options(
             r,
             &req.label_selector,
@@ -190,8 +229,9 @@ impl Resources for GrpcApi {
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Object>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(&req, "create", r, &req.get_ref().namespace, "", "")?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let body = parse_json(&req.object)?;
         let opts = WriteOptions::default();
         let written = self
@@ -203,8 +243,16 @@ impl Resources for GrpcApi {
     }
 
     async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<Object>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(
+            &req,
+            "update",
+            r,
+            &req.get_ref().namespace,
+            &req.get_ref().name,
+            "",
+        )?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let body = parse_json(&req.object)?;
         let written = self
             .registry
@@ -225,8 +273,16 @@ impl Resources for GrpcApi {
         &self,
         req: Request<UpdateRequest>,
     ) -> Result<Response<Object>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(
+            &req,
+            "update",
+            r,
+            &req.get_ref().namespace,
+            &req.get_ref().name,
+            "status",
+        )?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         if !r.has(Subresource::Status) {
             return Err(to_grpc(&Status::path_not_found()));
         }
@@ -247,8 +303,16 @@ impl Resources for GrpcApi {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Object>, tonic::Status> {
+        let r = lookup(req.get_ref().resource.as_ref())?;
+        self.check(
+            &req,
+            "delete",
+            r,
+            &req.get_ref().namespace,
+            &req.get_ref().name,
+            "",
+        )?;
         let req = req.into_inner();
-        let r = lookup(req.resource.as_ref())?;
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
             propagation_policy: (!req.propagation_policy.is_empty())
@@ -269,6 +333,15 @@ impl Resources for GrpcApi {
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<Object>, tonic::Status> {
+        let pods = rkube_api::resource::find("", "v1", "pods").expect("pods are in the table");
+        self.check(
+            &req,
+            "create",
+            pods,
+            &req.get_ref().namespace,
+            &req.get_ref().name,
+            "binding",
+        )?;
         let req = req.into_inner();
         let binding = parse_json(&req.binding)?;
         let pod = self

@@ -101,15 +101,20 @@ pub async fn run_with_listener(
 
 /// The one router: gRPC under its service path, everything else REST.
 pub fn router(registry: registry::Registry, authn: Arc<auth::Authenticator>) -> axum::Router {
+    let authorizer: Arc<dyn auth::Authorizer> = Arc::new(auth::AllowAll);
     let grpc = rkube_proto::v1::resources_server::ResourcesServer::new(grpc::GrpcApi {
         registry: registry.clone(),
+        authorizer: authorizer.clone(),
     })
     .max_decoding_message_size(rest::MAX_BODY_BYTES + 64 * 1024)
     .max_encoding_message_size(usize::MAX);
     axum::Router::new()
         .route_service("/rkube.v1.Resources/{*method}", grpc)
         .fallback(rest::handle)
-        .with_state(Arc::new(rest::ApiState { registry }))
+        .with_state(Arc::new(rest::ApiState {
+            registry,
+            authorizer,
+        }))
         .layer(axum::middleware::from_fn_with_state(
             authn,
             serve::authenticate,

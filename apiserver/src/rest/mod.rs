@@ -28,6 +28,7 @@ use rkube_api::{
     Resource, Subresource,
 };
 
+use crate::auth::{Authorizer, Decision, RequestAttributes, UserInfo};
 use crate::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, WriteOptions,
 };
@@ -40,6 +41,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Registry,
+    /// Decides, after authentication, whether the user may make the request.
+    pub authorizer: Arc<dyn Authorizer>,
 }
 
 type Query = HashMap<String, String>;
@@ -101,6 +104,71 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
 }
 
+/// What a resource request asks to do, for the authorizer.
+pub fn request_attributes(
+    method: &Method,
+    target: &Target,
+    q: &Query,
+    path: &str,
+) -> RequestAttributes {
+    let verb = match (method.as_str(), target.name.is_some()) {
+        ("GET" | "HEAD", false) if is_true(q, "watch") => "watch",
+        ("GET" | "HEAD", false) => "list",
+        ("GET" | "HEAD", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        _ => "unknown",
+    };
+    RequestAttributes {
+        verb: verb.into(),
+        group: target.resource.group.into(),
+        resource: target.resource.plural.into(),
+        subresource: target.subresource.clone().unwrap_or_default(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+        path: path.into(),
+    }
+}
+
+/// Asks the authorizer; a refusal is Kubernetes' 403 Forbidden.
+pub fn authorize(
+    authorizer: &dyn Authorizer,
+    user: &UserInfo,
+    attrs: &RequestAttributes,
+) -> Result<(), Box<Status>> {
+    let reason = match authorizer.authorize(user, attrs) {
+        Decision::Allow => return Ok(()),
+        Decision::Deny(reason) => reason,
+        Decision::NoOpinion => String::new(),
+    };
+    let resource = if attrs.subresource.is_empty() {
+        attrs.resource.clone()
+    } else {
+        format!("{}/{}", attrs.resource, attrs.subresource)
+    };
+    let gr = if attrs.group.is_empty() {
+        attrs.resource.clone()
+    } else {
+        format!("{}.{}", attrs.resource, attrs.group)
+    };
+    let scope = if attrs.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace \"{}\"", attrs.namespace)
+    };
+    let mut message = format!(
+        "{gr} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+        attrs.name, user.name, attrs.verb, attrs.group
+    );
+    if !reason.is_empty() {
+        message.push_str(&format!(": {reason}"));
+    }
+    Err(Box::new(Status::forbidden(message)))
+}
+
 /// The single entry point of the REST API.
 pub async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
@@ -133,6 +201,12 @@ pub async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> R
         // kubectl only understands protobuf OpenAPI v2; a 404 makes it use v3.
         Route::OpenApiV2 => status_response(&Status::path_not_found()),
         Route::Resource(target) => {
+            let attrs = request_attributes(&parts.method, &target, &query, parts.uri.path());
+            let anonymous = UserInfo::anonymous();
+            let user = parts.extensions.get::<UserInfo>().unwrap_or(&anonymous);
+            if let Err(status) = authorize(state.authorizer.as_ref(), user, &attrs) {
+                return status_response(&status);
+            }
             resource_request(&state, parts.method, &parts.headers, &query, target, body).await
         }
         Route::NotFound => status_response(&Status::path_not_found()),
@@ -523,4 +597,103 @@ async fn scale_write(
         }
     }
     Err(Box::new(Status::conflict(r.group, r.plural, name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct DenyDeletes;
+
+    impl Authorizer for DenyDeletes {
+        fn authorize(&self, _user: &UserInfo, attrs: &RequestAttributes) -> Decision {
+            if attrs.verb == "delete" {
+                Decision::Deny("deletes are off".into())
+            } else {
+                Decision::Allow
+            }
+        }
+    }
+
+    fn target(path: &str) -> Target {
+        match path::parse(path) {
+            Route::Resource(t) => t,
+            other => panic!("{path} is not a resource path: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_map_to_kubernetes_verbs() {
+        let watch: Query = [("watch".to_string(), "true".to_string())].into();
+        let none = Query::new();
+        let cases = [
+            (Method::GET, "/api/v1/namespaces/d/pods", &none, "list"),
+            (Method::GET, "/api/v1/namespaces/d/pods", &watch, "watch"),
+            (Method::GET, "/api/v1/namespaces/d/pods/p", &none, "get"),
+            (Method::POST, "/api/v1/namespaces/d/pods", &none, "create"),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/d/pods/p/status",
+                &none,
+                "update",
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/d/deployments/x/scale",
+                &none,
+                "patch",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/d/pods/p",
+                &none,
+                "delete",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/d/pods",
+                &none,
+                "deletecollection",
+            ),
+        ];
+        for (method, path, q, verb) in cases {
+            let attrs = request_attributes(&method, &target(path), q, path);
+            assert_eq!(attrs.verb, verb, "{method} {path}");
+            assert_eq!(attrs.namespace, "d", "{path}");
+        }
+        let scale = request_attributes(
+            &Method::PATCH,
+            &target("/apis/apps/v1/namespaces/d/deployments/x/scale"),
+            &none,
+            "",
+        );
+        assert_eq!(
+            (
+                scale.group.as_str(),
+                scale.resource.as_str(),
+                scale.subresource.as_str(),
+                scale.name.as_str()
+            ),
+            ("apps", "deployments", "scale", "x")
+        );
+    }
+
+    #[test]
+    fn refusals_are_forbidden_statuses() {
+        let user = UserInfo {
+            name: "alice".into(),
+            uid: String::new(),
+            groups: vec![],
+        };
+        let path = "/api/v1/namespaces/d/pods/p";
+        let get = request_attributes(&Method::GET, &target(path), &Query::new(), path);
+        assert!(authorize(&DenyDeletes, &user, &get).is_ok());
+        let delete = request_attributes(&Method::DELETE, &target(path), &Query::new(), path);
+        let status = authorize(&DenyDeletes, &user, &delete).expect_err("refused");
+        assert_eq!(status.code, 403);
+        assert_eq!(
+            status.message,
+            "pods \"p\" is forbidden: User \"alice\" cannot delete resource \"pods\" in API group \"\" in the namespace \"d\": deletes are off"
+        );
+    }
 }
