@@ -1,4 +1,26 @@
-//! `rkube-nodeagent` runs the pods of one node with the built-in container runtime and the VXLAN overlay.
+//! `rkube-nodeagent`: the node agent. It registers its Node, keeps the node Lease and
+//! status fresh, and runs the pods bound to the node through a container runtime.
 //!
-//! Not built yet: this crate is a placeholder in the workspace, filled by its own issue
-//! (#5). It builds on `rkube-client` (list/watch/write through the apiserver's gRPC API).
+//! Start with [`agent::run`], which wires everything together from a [`Config`]:
+//!
+//! - [`machine`]: what the host is (CPUs, memory, disk, kernel, addresses);
+//! - [`node`]: the Node object built from it, registration and the status heartbeat;
+//! - [`lease`]: the node Lease in `kube-node-lease`, renewed every few seconds;
+//! - [`pod_workers`]: watches the pods bound to the node and runs one [`pod_worker`] per
+//!   pod; the worker drives a [`runtime::ContainerRuntime`] (restart policy,
+//!   [`backoff`], graceful deletion) and reports [`status`].
+//!
+//! The runtime is a trait so that workers are unit-tested against
+//! [`runtime::fake::FakeRuntime`], a recording fake, without root.
+
+pub mod agent;
+pub mod backoff;
+pub mod lease;
+pub mod machine;
+pub mod node;
+pub mod pod_worker;
+pub mod pod_workers;
+pub mod runtime;
+pub mod status;
+
+pub use agent::{run, Config};

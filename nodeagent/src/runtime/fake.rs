@@ -1,0 +1,253 @@
+//! A recording fake [`ContainerRuntime`]: remembers every call in order and lets a test
+//! decide how containers behave (exit at once, ignore SIGTERM, fail to pull), so pod
+//! workers can be tested without root.
+
+use std::collections::HashMap;
+
+use k8s_openapi::chrono::Utc;
+use parking_lot::Mutex;
+
+use super::{
+    ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Error, ImageRef, PullPolicy,
+    Result, SandboxConfig, SandboxId, StopSignal,
+};
+
+/// One call the fake received, named by pod and container names so tests read well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    PullImage(String),
+    CreateSandbox(String),
+    RemoveSandbox(String),
+    /// Container name and attempt.
+    CreateContainer(String, u32),
+    StartContainer(String),
+    KillContainer(String, StopSignal),
+    RemoveContainer(String),
+}
+
+/// How containers of one name behave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Behavior {
+    /// Exit with this code as soon as started.
+    pub exit_on_start: Option<i32>,
+    /// Keep running after SIGTERM (only SIGKILL stops it).
+    pub ignores_sigterm: bool,
+}
+
+#[derive(Debug)]
+struct FakeContainer {
+    name: String,
+    state: ContainerState,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Vec<Call>,
+    behaviors: HashMap<String, Behavior>,
+    pull_errors: HashMap<String, String>,
+    containers: HashMap<ContainerId, FakeContainer>,
+    sandboxes: HashMap<SandboxId, String>,
+}
+
+/// The recording fake runtime.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    inner: Mutex<Inner>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Containers named `name` behave as `behavior` from their next start on.
+    pub fn set_behavior(&self, name: &str, behavior: Behavior) {
+        self.inner
+            .lock()
+            .behaviors
+            .insert(name.to_string(), behavior);
+    }
+
+    /// Pulling `image` fails with `message` (as a registry error would).
+    pub fn fail_pull(&self, image: &str, message: &str) {
+        self.inner
+            .lock()
+            .pull_errors
+            .insert(image.to_string(), message.to_string());
+    }
+
+    /// Pulling `image` works again.
+    pub fn allow_pull(&self, image: &str) {
+        self.inner.lock().pull_errors.remove(image);
+    }
+
+    /// The running container named `name` exits with `code` (as if its process ended).
+    /// Returns whether one was running.
+    pub fn exit(&self, name: &str, code: i32) -> bool {
+        let mut inner = self.inner.lock();
+        let running = inner
+            .containers
+            .values_mut()
+            .find(|c| c.name == name && matches!(c.state, ContainerState::Running { .. }));
+        match running {
+            Some(container) => {
+                finish(container, code);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().calls.clone()
+    }
+
+    /// Forgets the calls so far.
+    pub fn clear_calls(&self) {
+        self.inner.lock().calls.clear();
+    }
+
+    /// Containers that exist (created and not removed).
+    pub fn container_count(&self) -> usize {
+        self.inner.lock().containers.len()
+    }
+
+    /// Sandboxes that exist.
+    pub fn sandbox_count(&self) -> usize {
+        self.inner.lock().sandboxes.len()
+    }
+
+    fn name_of(inner: &Inner, id: &ContainerId) -> Result<String> {
+        inner
+            .containers
+            .get(id)
+            .map(|c| c.name.clone())
+            .ok_or_else(|| Error::ContainerNotFound { id: id.0.clone() })
+    }
+}
+
+fn finish(container: &mut FakeContainer, exit_code: i32) {
+    let started_at = match container.state {
+        ContainerState::Running { started_at } => Some(started_at),
+        _ => None,
+    };
+    container.state = ContainerState::Exited {
+        exit_code,
+        reason: ContainerState::exit_reason(exit_code).to_string(),
+        started_at,
+        finished_at: Utc::now(),
+    };
+}
+
+impl ContainerRuntime for FakeRuntime {
+    async fn pull_image(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef> {
+        let mut inner = self.inner.lock();
+        inner.calls.push(Call::PullImage(image.to_string()));
+        if let Some(message) = inner.pull_errors.get(image) {
+            return Err(Error::ImagePull {
+                image: image.to_string(),
+                message: message.clone(),
+            });
+        }
+        Ok(ImageRef {
+            image: image.to_string(),
+            image_id: format!("{image}@sha256:fake"),
+        })
+    }
+
+    async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
+        let mut inner = self.inner.lock();
+        inner.calls.push(Call::CreateSandbox(config.name.clone()));
+        let id = SandboxId(config.pod_uid.clone());
+        inner.sandboxes.insert(id.clone(), config.name.clone());
+        Ok(id)
+    }
+
+    async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let name = inner
+            .sandboxes
+            .remove(id)
+            .ok_or_else(|| Error::SandboxNotFound { id: id.0.clone() })?;
+        inner.calls.push(Call::RemoveSandbox(name));
+        Ok(())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: &ContainerConfig,
+    ) -> Result<ContainerId> {
+        let mut inner = self.inner.lock();
+        if !inner.sandboxes.contains_key(sandbox) {
+            return Err(Error::SandboxNotFound {
+                id: sandbox.0.clone(),
+            });
+        }
+        inner
+            .calls
+            .push(Call::CreateContainer(config.name.clone(), config.attempt));
+        let id = ContainerId(format!("{}-{}-{}", sandbox.0, config.name, config.attempt));
+        inner.containers.insert(
+            id.clone(),
+            FakeContainer {
+                name: config.name.clone(),
+                state: ContainerState::Created,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &ContainerId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let name = Self::name_of(&inner, id)?;
+        inner.calls.push(Call::StartContainer(name.clone()));
+        let exit = inner.behaviors.get(&name).and_then(|b| b.exit_on_start);
+        if let Some(container) = inner.containers.get_mut(id) {
+            container.state = ContainerState::Running {
+                started_at: Utc::now(),
+            };
+            if let Some(code) = exit {
+                finish(container, code);
+            }
+        }
+        Ok(())
+    }
+
+    async fn kill_container(&self, id: &ContainerId, signal: StopSignal) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let name = Self::name_of(&inner, id)?;
+        inner.calls.push(Call::KillContainer(name.clone(), signal));
+        let ignores = inner
+            .behaviors
+            .get(&name)
+            .is_some_and(|b| b.ignores_sigterm);
+        if let Some(container) = inner.containers.get_mut(id) {
+            let running = matches!(container.state, ContainerState::Running { .. });
+            match signal {
+                StopSignal::Term if running && !ignores => finish(container, 143),
+                StopSignal::Kill if running => finish(container, 137),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &ContainerId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let name = Self::name_of(&inner, id)?;
+        inner.calls.push(Call::RemoveContainer(name));
+        inner.containers.remove(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerState> {
+        let inner = self.inner.lock();
+        inner
+            .containers
+            .get(id)
+            .map(|c| c.state.clone())
+            .ok_or_else(|| Error::ContainerNotFound { id: id.0.clone() })
+    }
+}
