@@ -7,6 +7,8 @@
 #   make lint             rustfmt check and clippy with warnings as errors
 #   make fmt              format the workspace
 #   make bench-apiserver  the apiserver benchmark (prints BENCH lines)
+#   make bench-controllers  the controller-manager benchmark (prints BENCH lines)
+#   make bench-scheduler  the scheduler benchmark (prints BENCH lines)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,7 +23,7 @@ SYSTEM_DEPS := etcd:etcd-server protoc:protobuf-compiler pkg-config:pkg-config \
 # Libraries without a command, as pkg-config-name:debian-package.
 SYSTEM_LIBS := libseccomp:libseccomp-dev
 
-.PHONY: up down status test lint fmt bench-apiserver deps deps-check
+.PHONY: up down status test lint fmt bench-apiserver bench-controllers bench-scheduler deps deps-check
 
 up: deps
 	$(CARGO) build --release --bins
@@ -49,6 +51,12 @@ fmt:
 
 bench-apiserver: deps
 	$(CARGO) run --release -p rkube-tests --bin bench-apiserver
+
+bench-controllers: deps
+	$(CARGO) run --release -p rkube-tests --bin bench-controllers
+
+bench-scheduler: deps
+	$(CARGO) run --release -p rkube-tests --bin bench-scheduler
 
 # Sets `missing` to the Debian packages whose command or library is absent.
 FIND_MISSING = missing=""; \

@@ -36,6 +36,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod leader;
 pub mod controller;
 pub mod queue;
 pub mod store;

@@ -237,7 +237,10 @@ impl SchedulerConfig {
             return Err(Error::NoProfiles);
         }
         for (i, p) in self.profiles.iter().enumerate() {
-            if self.profiles[..i].iter().any(|q| q.scheduler_name == p.scheduler_name) {
+            if self.profiles[..i]
+                .iter()
+                .any(|q| q.scheduler_name == p.scheduler_name)
+            {
                 return Err(Error::DuplicateProfile(p.scheduler_name.clone()));
             }
         }
@@ -249,7 +252,10 @@ impl SchedulerConfig {
     }
 
     pub fn max_backoff(&self) -> Duration {
-        Duration::from_secs(self.pod_max_backoff_seconds.max(self.pod_initial_backoff_seconds))
+        Duration::from_secs(
+            self.pod_max_backoff_seconds
+                .max(self.pod_initial_backoff_seconds),
+        )
     }
 }
 
@@ -261,7 +267,11 @@ mod tests {
     fn defaults_and_overrides() {
         let c = SchedulerConfig::from_yaml("{}").expect("empty config");
         assert_eq!(c, SchedulerConfig::default());
-        let names: Vec<_> = c.profiles[0].enabled_plugins().into_iter().map(|p| p.name).collect();
+        let names: Vec<_> = c.profiles[0]
+            .enabled_plugins()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(names.len(), plugins::default_plugins().len());
 
         let c = SchedulerConfig::from_yaml(
@@ -274,18 +284,30 @@ mod tests {
         assert!(!a.iter().any(|p| p.name == "PodTopologySpread"));
         assert_eq!(
             c.profiles[1].enabled_plugins(),
-            vec![EnabledPlugin { name: "NodeName".into(), weight: 1 }]
+            vec![EnabledPlugin {
+                name: "NodeName".into(),
+                weight: 1
+            }]
         );
     }
 
     #[test]
     fn rejects_bad_configs() {
-        assert!(matches!(SchedulerConfig::from_yaml("percentageOfNodesToScore: 101"), Err(Error::Percentage(101))));
+        assert!(matches!(
+            SchedulerConfig::from_yaml("percentageOfNodesToScore: 101"),
+            Err(Error::Percentage(101))
+        ));
         assert!(matches!(
             SchedulerConfig::from_yaml("profiles: [{schedulerName: a}, {schedulerName: a}]"),
             Err(Error::DuplicateProfile(_))
         ));
-        assert!(matches!(SchedulerConfig::from_yaml("profiles: []"), Err(Error::NoProfiles)));
-        assert!(matches!(SchedulerConfig::from_yaml("profiles: 3"), Err(Error::Parse(_))));
+        assert!(matches!(
+            SchedulerConfig::from_yaml("profiles: []"),
+            Err(Error::NoProfiles)
+        ));
+        assert!(matches!(
+            SchedulerConfig::from_yaml("profiles: 3"),
+            Err(Error::Parse(_))
+        ));
     }
 }

@@ -303,18 +303,21 @@ impl FitError {
             parts.join(", ")
         )
     }
+}
 
-    /// Whether some node was rejected only for reasons a cluster change could resolve
-    /// (used to decide between the unschedulable pool and backoff; informative).
-    pub fn is_unresolvable_everywhere(&self) -> bool {
-        self.diagnosis.pre_filter.as_ref().is_some_and(|s| {
-            s.code == Code::UnschedulableAndUnresolvable
-        }) || (!self.diagnosis.node_statuses.is_empty()
-            && self
-                .diagnosis
-                .node_statuses
-                .values()
-                .all(|s| s.code == Code::UnschedulableAndUnresolvable))
+impl FitError {
+    /// The plugins that rejected some node (or the pod, in PreFilter), sorted.
+    pub fn rejecting_plugins(&self) -> Vec<&'static str> {
+        let mut plugins: Vec<&'static str> = self
+            .diagnosis
+            .node_statuses
+            .values()
+            .chain(self.diagnosis.pre_filter.iter())
+            .map(|s| s.plugin)
+            .collect();
+        plugins.sort_unstable();
+        plugins.dedup();
+        plugins
     }
 }
 
@@ -421,7 +424,11 @@ impl Framework {
     ///
     /// # Errors
     /// Unknown plugin names, non-positive weights, or a profile with nothing to run.
-    pub fn new(registry: &Registry, profile: &Profile, percentage_of_nodes_to_score: u32) -> Result<Self> {
+    pub fn new(
+        registry: &Registry,
+        profile: &Profile,
+        percentage_of_nodes_to_score: u32,
+    ) -> Result<Self> {
         let mut fw = Framework {
             scheduler_name: profile.scheduler_name.clone(),
             percentage_of_nodes_to_score,
@@ -505,8 +512,12 @@ impl Framework {
         };
 
         for plugin in &self.pre_filter {
-            let p = plugin.as_pre_filter().expect("listed as a PreFilter plugin");
-            let status = p.pre_filter(state, pod, snapshot).with_plugin(plugin.name());
+            let p = plugin
+                .as_pre_filter()
+                .expect("listed as a PreFilter plugin");
+            let status = p
+                .pre_filter(state, pod, snapshot)
+                .with_plugin(plugin.name());
             match status.code {
                 Code::Success => {}
                 Code::Skip => {
@@ -525,7 +536,9 @@ impl Framework {
         let (feasible, diagnosis, evaluated) = self.find_feasible(state, pod, nodes)?;
         if feasible.is_empty() {
             for plugin in &self.post_filter {
-                let p = plugin.as_post_filter().expect("listed as a PostFilter plugin");
+                let p = plugin
+                    .as_post_filter()
+                    .expect("listed as a PostFilter plugin");
                 let status = p.post_filter(state, pod, &diagnosis, snapshot);
                 tracing::debug!(plugin = plugin.name(), code = ?status.code, "post-filter ran");
             }
@@ -582,7 +595,11 @@ impl Framework {
         // first `wanted` feasible nodes in ring order whatever the thread interleaving.
         let cursor = AtomicUsize::new(0);
         let found = AtomicUsize::new(0);
-        let threads = if n >= PARALLEL_THRESHOLD { self.parallelism } else { 1 };
+        let threads = if n >= PARALLEL_THRESHOLD {
+            self.parallelism
+        } else {
+            1
+        };
         let chunk = (n / (threads * 8)).clamp(16, 256);
         let work = || {
             let mut ok = Vec::new();
@@ -638,7 +655,8 @@ impl Framework {
         } else {
             n
         };
-        self.next_start.store((start + evaluated) % n, Ordering::Relaxed);
+        self.next_start
+            .store((start + evaluated) % n, Ordering::Relaxed);
         let mut diagnosis = Diagnosis::default();
         for (i, status) in rejected {
             if i < evaluated {
@@ -661,7 +679,9 @@ impl Framework {
     ) -> Result<Vec<i64>, ScheduleError> {
         for plugin in &self.pre_score {
             let p = plugin.as_pre_score().expect("listed as a PreScore plugin");
-            let status = p.pre_score(state, pod, nodes, snapshot).with_plugin(plugin.name());
+            let status = p
+                .pre_score(state, pod, nodes, snapshot)
+                .with_plugin(plugin.name());
             match status.code {
                 Code::Success => {}
                 Code::Skip => {
@@ -676,19 +696,26 @@ impl Framework {
             if state.skip_score.contains(weighted.plugin.name()) {
                 continue;
             }
-            let p = weighted.plugin.as_score().expect("listed as a Score plugin");
+            let p = weighted
+                .plugin
+                .as_score()
+                .expect("listed as a Score plugin");
             let mut scores = Vec::with_capacity(nodes.len());
             for node in nodes {
                 match p.score(state, pod, node) {
                     Ok(s) => scores.push(s),
                     Err(status) => {
-                        return Err(ScheduleError::Plugin(status.with_plugin(weighted.plugin.name())))
+                        return Err(ScheduleError::Plugin(
+                            status.with_plugin(weighted.plugin.name()),
+                        ))
                     }
                 }
             }
             let status = p.normalize_score(state, pod, &mut scores);
             if !status.is_success() {
-                return Err(ScheduleError::Plugin(status.with_plugin(weighted.plugin.name())));
+                return Err(ScheduleError::Plugin(
+                    status.with_plugin(weighted.plugin.name()),
+                ));
             }
             for (total, score) in totals.iter_mut().zip(scores) {
                 *total += score * weighted.weight;
@@ -814,10 +841,20 @@ mod tests {
     fn fit_error_message_counts_and_sorts_reasons() {
         let mut diagnosis = Diagnosis::default();
         let anti = "node(s) didn't match pod anti-affinity rules";
-        diagnosis.node_statuses.insert("a".into(), Status::new(Code::Unschedulable, "Insufficient cpu"));
-        diagnosis.node_statuses.insert("b".into(), Status::new(Code::Unschedulable, anti));
-        diagnosis.node_statuses.insert("c".into(), Status::new(Code::Unschedulable, anti));
-        let err = FitError { num_all_nodes: 3, diagnosis };
+        diagnosis.node_statuses.insert(
+            "a".into(),
+            Status::new(Code::Unschedulable, "Insufficient cpu"),
+        );
+        diagnosis
+            .node_statuses
+            .insert("b".into(), Status::new(Code::Unschedulable, anti));
+        diagnosis
+            .node_statuses
+            .insert("c".into(), Status::new(Code::Unschedulable, anti));
+        let err = FitError {
+            num_all_nodes: 3,
+            diagnosis,
+        };
         assert_eq!(
             err.message(),
             "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match pod anti-affinity rules."
@@ -828,11 +865,141 @@ mod tests {
     fn registry_refuses_duplicates() {
         let mut registry = Registry::new();
         registry
-            .register(crate::plugins::node_name::NAME, crate::plugins::node_name::new)
+            .register(
+                crate::plugins::node_name::NAME,
+                crate::plugins::node_name::new,
+            )
             .expect("first registration");
         assert!(matches!(
-            registry.register(crate::plugins::node_name::NAME, crate::plugins::node_name::new),
+            registry.register(
+                crate::plugins::node_name::NAME,
+                crate::plugins::node_name::new
+            ),
             Err(Error::DuplicatePlugin(_))
         ));
+    }
+    fn default_framework(percentage: u32) -> Framework {
+        let registry = crate::plugins::in_tree_registry().expect("registry");
+        Framework::new(&registry, &Profile::new("default-scheduler"), percentage)
+            .expect("framework")
+    }
+
+    #[test]
+    fn full_cycle_with_the_default_plugins() {
+        use crate::testing::{node, pod, snapshot};
+        let fw = default_framework(0);
+        let snap = snapshot(vec![
+            node("small").cpu("2").info(),
+            node("big").cpu("8").info(),
+            node("tainted")
+                .cpu("16")
+                .taint("k", "v", "NoSchedule")
+                .info(),
+        ]);
+        let cases = [
+            ("resources rule out the small node; least allocated prefers big", pod("p").cpu("3"), Ok("big")),
+            ("a nodeSelector wins", pod("p").node_selector("kubernetes.io/hostname", "small"), Ok("small")),
+            (
+                "nothing fits",
+                pod("p").cpu("10"),
+                Err("0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 Insufficient cpu."),
+            ),
+        ];
+        for (name, p, want) in cases {
+            let got = fw
+                .schedule(&mut CycleState::new(), &p.info(), &snap)
+                .map(|r| r.node)
+                .map_err(|e| e.message());
+            assert_eq!(
+                got,
+                want.map(str::to_string).map_err(str::to_string),
+                "{name}"
+            );
+        }
+        let empty = snapshot(Vec::new());
+        assert!(matches!(
+            fw.schedule(&mut CycleState::new(), &pod("p").info(), &empty),
+            Err(ScheduleError::NoNodes)
+        ));
+    }
+
+    #[test]
+    fn examines_just_enough_nodes_and_rotates() {
+        use crate::testing::{node, pod, snapshot};
+        let nodes: Vec<_> = (0..1000)
+            .map(|i| node(&format!("n{i:04}")).info())
+            .collect();
+        let snap = snapshot(nodes);
+        for threads in [1, 4] {
+            let mut fw = default_framework(0);
+            fw.set_parallelism(threads);
+            let first = fw
+                .schedule(&mut CycleState::new(), &pod("p").info(), &snap)
+                .expect("fits");
+            assert_eq!(
+                (first.evaluated_nodes, first.feasible_nodes),
+                (420, 420),
+                "threads {threads}"
+            );
+            assert_eq!(
+                fw.next_start.load(Ordering::Relaxed),
+                420,
+                "threads {threads}"
+            );
+            fw.schedule(&mut CycleState::new(), &pod("p").info(), &snap)
+                .expect("fits");
+            assert_eq!(
+                fw.next_start.load(Ordering::Relaxed),
+                840,
+                "threads {threads}"
+            );
+            let third = fw
+                .schedule(&mut CycleState::new(), &pod("p").info(), &snap)
+                .expect("fits");
+            assert_eq!(third.feasible_nodes, 420, "wraps around the ring");
+        }
+        let fw = default_framework(100);
+        let all = fw
+            .schedule(&mut CycleState::new(), &pod("p").info(), &snap)
+            .expect("fits");
+        assert_eq!(all.feasible_nodes, 1000);
+    }
+
+    #[test]
+    fn rejected_nodes_are_counted_with_their_reasons_in_parallel() {
+        use crate::testing::{node, pod, snapshot};
+        // 600 nodes, only every third one has the label: Filter runs on threads.
+        let nodes: Vec<_> = (0..600)
+            .map(|i| {
+                let n = node(&format!("n{i:04}"));
+                if i % 3 == 0 {
+                    n.label("disk", "ssd").info()
+                } else {
+                    n.info()
+                }
+            })
+            .collect();
+        let snap = snapshot(nodes);
+        let mut fw = default_framework(100);
+        fw.set_parallelism(3);
+        let got = fw
+            .schedule(
+                &mut CycleState::new(),
+                &pod("p").node_selector("disk", "ssd").info(),
+                &snap,
+            )
+            .expect("fits");
+        assert_eq!(got.feasible_nodes, 200);
+        let err = fw
+            .schedule(
+                &mut CycleState::new(),
+                &pod("p").node_selector("disk", "nvme").info(),
+                &snap,
+            )
+            .expect_err("nothing fits");
+        assert_eq!(
+            err.message(),
+            "0/600 nodes are available: 600 node(s) didn't match Pod's node affinity/selector."
+        );
     }
 }

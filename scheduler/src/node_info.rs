@@ -103,8 +103,7 @@ impl Resource {
 /// Extended resources: domain-prefixed names outside `kubernetes.io/` (and
 /// `hugepages-*`, which Kubernetes also accounts as scalars).
 fn is_extended(name: &str) -> bool {
-    name.starts_with("hugepages-")
-        || (name.contains('/') && !name.starts_with("kubernetes.io/"))
+    name.starts_with("hugepages-") || (name.contains('/') && !name.starts_with("kubernetes.io/"))
 }
 
 /// A pod's effective requests, as Kubernetes computes them: the larger of the regular
@@ -393,11 +392,15 @@ impl PodInfo {
                 .map(|t| AffinityTerm::new(t, &pod, &namespace, 1))
                 .collect()
         };
-        let preferred = |terms: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| {
+        let preferred = |terms: Option<
+            &Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>,
+        >| {
             terms
                 .into_iter()
                 .flatten()
-                .map(|w| AffinityTerm::new(&w.pod_affinity_term, &pod, &namespace, i64::from(w.weight)))
+                .map(|w| {
+                    AffinityTerm::new(&w.pod_affinity_term, &pod, &namespace, i64::from(w.weight))
+                })
                 .collect::<Vec<_>>()
         };
         PodInfo {
@@ -406,29 +409,51 @@ impl PodInfo {
             requests: pod_requests(&pod, false),
             non_zero_requests: pod_requests(&pod, true),
             host_ports: host_ports(&pod),
-            required_affinity: required(
-                pa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            required_anti_affinity: required(
-                paa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            preferred_affinity: preferred(
-                pa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
-            ),
-            preferred_anti_affinity: preferred(
-                paa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
-            ),
+            required_affinity: required(pa.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            required_anti_affinity: required(paa.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred_affinity: preferred(pa.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred_anti_affinity: preferred(paa.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
             node_affinity: RequiredNodeAffinity {
-                node_selector: spec.and_then(|s| s.node_selector.clone()).unwrap_or_default(),
+                node_selector: spec
+                    .and_then(|s| s.node_selector.clone())
+                    .unwrap_or_default(),
                 terms: na
-                    .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
-                    .map(|s| s.node_selector_terms.iter().map(NodeSelectorTermMatcher::new).collect()),
+                    .and_then(|n| {
+                        n.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })
+                    .map(|s| {
+                        s.node_selector_terms
+                            .iter()
+                            .map(NodeSelectorTermMatcher::new)
+                            .collect()
+                    }),
             },
             preferred_node_affinity: na
-                .and_then(|n| n.preferred_during_scheduling_ignored_during_execution.as_ref())
+                .and_then(|n| {
+                    n.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
                 .into_iter()
                 .flatten()
-                .map(|p| (i64::from(p.weight), NodeSelectorTermMatcher::new(&p.preference)))
+                .map(|p| {
+                    (
+                        i64::from(p.weight),
+                        NodeSelectorTermMatcher::new(&p.preference),
+                    )
+                })
                 .collect(),
             tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
             spread_constraints: spec
@@ -524,7 +549,11 @@ impl NodeInfo {
     }
 
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        self.node.metadata.labels.as_ref().unwrap_or(&self.empty_labels)
+        self.node
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap_or(&self.empty_labels)
     }
 
     pub fn taints(&self) -> &[Taint] {

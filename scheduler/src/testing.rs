@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Node, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
-    Toleration,
+    Container, ContainerPort, Node, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements,
+    Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 
-use crate::node_info::{NodeInfo, NamespaceLabels, PodInfo, Snapshot};
+use crate::node_info::{NamespaceLabels, NodeInfo, PodInfo, Snapshot};
 
 pub struct PodBuilder(pub Pod);
 
@@ -93,13 +93,16 @@ impl PodBuilder {
     }
 
     pub fn toleration(mut self, key: &str, value: &str, effect: &str) -> Self {
-        self.spec().tolerations.get_or_insert_with(Vec::new).push(Toleration {
-            key: Some(key.to_string()),
-            operator: Some("Equal".to_string()),
-            value: Some(value.to_string()),
-            effect: Some(effect.to_string()),
-            ..Default::default()
-        });
+        self.spec()
+            .tolerations
+            .get_or_insert_with(Vec::new)
+            .push(Toleration {
+                key: Some(key.to_string()),
+                operator: Some("Equal".to_string()),
+                value: Some(value.to_string()),
+                effect: Some(effect.to_string()),
+                ..Default::default()
+            });
         self
     }
 
@@ -123,12 +126,10 @@ impl PodBuilder {
 
     /// Required pod affinity to pods labelled `key=value` over `topology`.
     pub fn affinity(self, key: &str, value: &str, topology: &str) -> Self {
-        self.spec_json(json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"labelSelector": {"matchLabels": {key: value}}, "topologyKey": topology}]}}}))
-    }
-
-    pub fn obj(self) -> Pod {
-        self.0
+        self.spec_json(
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {key: value}}, "topologyKey": topology}]}}}),
+        )
     }
 
     pub fn info(self) -> PodInfo {
@@ -208,7 +209,10 @@ impl NodeBuilder {
     }
 
     pub fn unschedulable(mut self) -> Self {
-        self.0.spec.get_or_insert_with(NodeSpec::default).unschedulable = Some(true);
+        self.0
+            .spec
+            .get_or_insert_with(NodeSpec::default)
+            .unschedulable = Some(true);
         self
     }
 

@@ -56,9 +56,24 @@ mod tests {
     #[test]
     fn score() {
         let cases = [
-            ("cpu 50%, memory 10%", pod("p").cpu("2").memory("1Gi"), node("n").cpu("4").memory("10Gi"), 80),
-            ("balanced", pod("p").cpu("2").memory("4Gi"), node("n").cpu("4").memory("8Gi"), 100),
-            ("all cpu, no memory", pod("p").cpu("4").memory("1"), node("n").cpu("4").memory("8Gi"), 50),
+            (
+                "cpu 50%, memory 10%",
+                pod("p").cpu("2").memory("1Gi"),
+                node("n").cpu("4").memory("10Gi"),
+                80,
+            ),
+            (
+                "balanced",
+                pod("p").cpu("2").memory("4Gi"),
+                node("n").cpu("4").memory("8Gi"),
+                100,
+            ),
+            (
+                "all cpu, no memory",
+                pod("p").cpu("4").memory("1"),
+                node("n").cpu("4").memory("8Gi"),
+                50,
+            ),
         ];
         for (name, p, n, want) in cases {
             let got = BalancedAllocation

@@ -40,7 +40,11 @@ impl TopologyCounts {
     }
 
     fn get(&self, key: &str, value: &str) -> i64 {
-        self.0.get(key).and_then(|m| m.get(value)).copied().unwrap_or(0)
+        self.0
+            .get(key)
+            .and_then(|m| m.get(value))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether a node with these labels sits in a topology pair with a positive count.
@@ -102,7 +106,8 @@ impl PreFilterPlugin for InterPodAffinity {
     fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot) -> Status {
         let namespaces = snapshot.namespaces();
         let mut s = PreFilterState::default();
-        let incoming_terms = !pod.required_affinity.is_empty() || !pod.required_anti_affinity.is_empty();
+        let incoming_terms =
+            !pod.required_affinity.is_empty() || !pod.required_anti_affinity.is_empty();
         for node in snapshot.nodes() {
             let labels = node.labels();
             if node.pods_with_required_anti_affinity > 0 {
@@ -158,7 +163,10 @@ impl PreFilterPlugin for InterPodAffinity {
 impl FilterPlugin for InterPodAffinity {
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let Some(s) = state.read::<PreFilterState>() else {
-            return Status::new(Code::Error, "PreFilter state of InterPodAffinity is missing");
+            return Status::new(
+                Code::Error,
+                "PreFilter state of InterPodAffinity is missing",
+            );
         };
         let labels = node.labels();
         if !pod.required_affinity.is_empty() {
@@ -203,7 +211,8 @@ impl PreScorePlugin for InterPodAffinity {
         snapshot: &Snapshot,
     ) -> Status {
         let namespaces = snapshot.namespaces();
-        let incoming = !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
+        let incoming =
+            !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
         let mut scores = TopologyCounts::default();
         for node in snapshot.nodes() {
             if !incoming && node.pods_with_affinity == 0 {
@@ -257,7 +266,10 @@ impl PreScorePlugin for InterPodAffinity {
 impl ScorePlugin for InterPodAffinity {
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
         let Some(PreScoreState(scores)) = state.read::<PreScoreState>() else {
-            return Err(Status::new(Code::Error, "PreScore state of InterPodAffinity is missing"));
+            return Err(Status::new(
+                Code::Error,
+                "PreScore state of InterPodAffinity is missing",
+            ));
         };
         let labels = node.labels();
         Ok(scores
@@ -315,7 +327,9 @@ mod tests {
         // anti-affinity against app=web in its zone.
         let cluster = || {
             snapshot(vec![
-                node("n1").label(zone, "a").with(vec![pod("web-0").label("app", "web")]),
+                node("n1")
+                    .label(zone, "a")
+                    .with(vec![pod("web-0").label("app", "web")]),
                 node("n2").label(zone, "a").info(),
                 node("n3").label(zone, "b").with(vec![pod("db")
                     .label("app", "db")
@@ -368,7 +382,10 @@ mod tests {
             ),
         ];
         for (name, p, want) in cases {
-            let got: Vec<Code> = run(&p.info(), &cluster()).into_iter().map(|s| s.code).collect();
+            let got: Vec<Code> = run(&p.info(), &cluster())
+                .into_iter()
+                .map(|s| s.code)
+                .collect();
             assert_eq!(got, want, "{name}");
         }
     }
@@ -376,9 +393,19 @@ mod tests {
     #[test]
     fn reasons() {
         let snap = snapshot(vec![node("n1").with(vec![pod("w").label("app", "web")])]);
-        let got = run(&pod("p").anti_affinity("app", "web", "kubernetes.io/hostname").info(), &snap);
+        let got = run(
+            &pod("p")
+                .anti_affinity("app", "web", "kubernetes.io/hostname")
+                .info(),
+            &snap,
+        );
         assert_eq!(got[0].reasons, vec![REASON_ANTI_AFFINITY.to_string()]);
-        let got = run(&pod("p").affinity("app", "db", "kubernetes.io/hostname").info(), &snap);
+        let got = run(
+            &pod("p")
+                .affinity("app", "db", "kubernetes.io/hostname")
+                .info(),
+            &snap,
+        );
         assert_eq!(got[0].reasons, vec![REASON_AFFINITY.to_string()]);
     }
 
@@ -386,8 +413,12 @@ mod tests {
     fn score_prefers_and_avoids() {
         let zone = "zone";
         let snap = snapshot(vec![
-            node("a").label(zone, "a").with(vec![pod("w").label("app", "web")]),
-            node("b").label(zone, "b").with(vec![pod("d").label("app", "db")]),
+            node("a")
+                .label(zone, "a")
+                .with(vec![pod("w").label("app", "web")]),
+            node("b")
+                .label(zone, "b")
+                .with(vec![pod("d").label("app", "db")]),
             node("c").label(zone, "c").info(),
         ]);
         let p = pod("p")

@@ -2,6 +2,7 @@
 //! (the default profile: every plugin, with Kubernetes' score weights).
 
 use crate::framework::{Registry, Result};
+use crate::queue::ClusterEvent;
 
 pub mod balanced_allocation;
 pub mod inter_pod_affinity;
@@ -46,4 +47,23 @@ pub fn default_plugins() -> Vec<(&'static str, i64)> {
         (inter_pod_affinity::NAME, 2),
         (balanced_allocation::NAME, 1),
     ]
+}
+
+/// Whether `event` may make a pod that `plugin` rejected schedulable. Unknown plugins
+/// are interested in everything.
+pub fn interested(plugin: &str, event: ClusterEvent) -> bool {
+    use ClusterEvent::*;
+    let events: &[ClusterEvent] = match plugin {
+        node_name::NAME => &[NodeAdded],
+        node_unschedulable::NAME | node_affinity::NAME | taint_toleration::NAME => {
+            &[NodeAdded, NodeChanged]
+        }
+        node_ports::NAME => &[NodeAdded, AssignedPodDeleted],
+        node_resources_fit::NAME => &[NodeAdded, NodeChanged, AssignedPodDeleted],
+        inter_pod_affinity::NAME | pod_topology_spread::NAME => {
+            &[NodeAdded, NodeChanged, AssignedPodAdded, AssignedPodDeleted]
+        }
+        _ => return true,
+    };
+    events.contains(&event)
 }

@@ -72,14 +72,56 @@ mod tests {
         let n = || node("n1").label("disk", "ssd").label("cores", "8");
         let cases = [
             ("nothing required", pod("p"), Code::Success),
-            ("node selector matches", pod("p").node_selector("disk", "ssd"), Code::Success),
-            ("node selector misses", pod("p").node_selector("disk", "hdd"), Code::UnschedulableAndUnresolvable),
-            ("In", required(json!([{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd", "nvme"]}]}])), Code::Success),
-            ("NotIn", required(json!([{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}])), Code::UnschedulableAndUnresolvable),
-            ("Exists", required(json!([{"matchExpressions": [{"key": "disk", "operator": "Exists"}]}])), Code::Success),
-            ("DoesNotExist", required(json!([{"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}])), Code::Success),
-            ("Gt", required(json!([{"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4"]}]}])), Code::Success),
-            ("Lt", required(json!([{"matchExpressions": [{"key": "cores", "operator": "Lt", "values": ["4"]}]}])), Code::UnschedulableAndUnresolvable),
+            (
+                "node selector matches",
+                pod("p").node_selector("disk", "ssd"),
+                Code::Success,
+            ),
+            (
+                "node selector misses",
+                pod("p").node_selector("disk", "hdd"),
+                Code::UnschedulableAndUnresolvable,
+            ),
+            (
+                "In",
+                required(
+                    json!([{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd", "nvme"]}]}]),
+                ),
+                Code::Success,
+            ),
+            (
+                "NotIn",
+                required(
+                    json!([{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]),
+                ),
+                Code::UnschedulableAndUnresolvable,
+            ),
+            (
+                "Exists",
+                required(json!([{"matchExpressions": [{"key": "disk", "operator": "Exists"}]}])),
+                Code::Success,
+            ),
+            (
+                "DoesNotExist",
+                required(
+                    json!([{"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}]),
+                ),
+                Code::Success,
+            ),
+            (
+                "Gt",
+                required(
+                    json!([{"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4"]}]}]),
+                ),
+                Code::Success,
+            ),
+            (
+                "Lt",
+                required(
+                    json!([{"matchExpressions": [{"key": "cores", "operator": "Lt", "values": ["4"]}]}]),
+                ),
+                Code::UnschedulableAndUnresolvable,
+            ),
             (
                 "terms are ORed",
                 required(json!([
@@ -94,11 +136,22 @@ mod tests {
                     {"key": "gpu", "operator": "Exists"}]}])),
                 Code::UnschedulableAndUnresolvable,
             ),
-            ("matchFields on the name", required(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}])), Code::Success),
-            ("empty term matches nothing", required(json!([{}])), Code::UnschedulableAndUnresolvable),
+            (
+                "matchFields on the name",
+                required(
+                    json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]),
+                ),
+                Code::Success,
+            ),
+            (
+                "empty term matches nothing",
+                required(json!([{}])),
+                Code::UnschedulableAndUnresolvable,
+            ),
             (
                 "selector and affinity both apply",
-                required(json!([{"matchExpressions": [{"key": "disk", "operator": "Exists"}]}])).node_selector("zone", "a"),
+                required(json!([{"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]))
+                    .node_selector("zone", "a"),
                 Code::UnschedulableAndUnresolvable,
             ),
         ];
@@ -125,7 +178,11 @@ mod tests {
         ];
         let mut scores: Vec<i64> = nodes
             .iter()
-            .map(|n| NodeAffinity.score(&CycleState::new(), &p, n).expect("score"))
+            .map(|n| {
+                NodeAffinity
+                    .score(&CycleState::new(), &p, n)
+                    .expect("score")
+            })
             .collect();
         assert_eq!(scores, vec![7, 5, 0]);
         NodeAffinity.normalize_score(&CycleState::new(), &p, &mut scores);

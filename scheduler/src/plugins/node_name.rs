@@ -44,7 +44,11 @@ mod tests {
         let cases = [
             ("no node name", pod("p"), Code::Success),
             ("same node", pod("p").node_name("n1"), Code::Success),
-            ("other node", pod("p").node_name("n2"), Code::UnschedulableAndUnresolvable),
+            (
+                "other node",
+                pod("p").node_name("n2"),
+                Code::UnschedulableAndUnresolvable,
+            ),
         ];
         for (name, p, want) in cases {
             let got = NodeName.filter(&CycleState::new(), &p.info(), &node("n1").info());

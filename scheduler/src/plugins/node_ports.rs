@@ -46,9 +46,24 @@ mod tests {
     #[test]
     fn filter() {
         let cases = [
-            ("no ports", pod("p"), vec![pod("a").host_port(80)], Code::Success),
-            ("free port", pod("p").host_port(8080), vec![pod("a").host_port(80)], Code::Success),
-            ("taken port", pod("p").host_port(80), vec![pod("a").host_port(80)], Code::Unschedulable),
+            (
+                "no ports",
+                pod("p"),
+                vec![pod("a").host_port(80)],
+                Code::Success,
+            ),
+            (
+                "free port",
+                pod("p").host_port(8080),
+                vec![pod("a").host_port(80)],
+                Code::Success,
+            ),
+            (
+                "taken port",
+                pod("p").host_port(80),
+                vec![pod("a").host_port(80)],
+                Code::Unschedulable,
+            ),
         ];
         for (name, p, existing, want) in cases {
             let got = NodePorts.filter(&CycleState::new(), &p.info(), &node("n").with(existing));

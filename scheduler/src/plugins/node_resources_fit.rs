@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::framework::{Code, CycleState, FilterPlugin, Plugin, ScorePlugin, Status, MAX_NODE_SCORE};
+use crate::framework::{
+    Code, CycleState, FilterPlugin, Plugin, ScorePlugin, Status, MAX_NODE_SCORE,
+};
 use crate::node_info::{NodeInfo, PodInfo};
 
 pub const NAME: &str = "NodeResourcesFit";
@@ -114,8 +116,20 @@ mod tests {
     fn filter() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let cases = [
-            ("fits", pod("p").cpu("1"), node("n").cpu("2"), vec![pod("a").cpu("1")], s(&[])),
-            ("cpu short", pod("p").cpu("1500m"), node("n").cpu("2"), vec![pod("a").cpu("1")], s(&["Insufficient cpu"])),
+            (
+                "fits",
+                pod("p").cpu("1"),
+                node("n").cpu("2"),
+                vec![pod("a").cpu("1")],
+                s(&[]),
+            ),
+            (
+                "cpu short",
+                pod("p").cpu("1500m"),
+                node("n").cpu("2"),
+                vec![pod("a").cpu("1")],
+                s(&["Insufficient cpu"]),
+            ),
             (
                 "cpu and memory short",
                 pod("p").cpu("3").memory("9Gi"),
@@ -123,8 +137,20 @@ mod tests {
                 vec![],
                 s(&["Insufficient cpu", "Insufficient memory"]),
             ),
-            ("pod slots", pod("p"), node("n").max_pods("1"), vec![pod("a")], s(&[REASON_TOO_MANY_PODS])),
-            ("no requests always fit resources", pod("p"), node("n").cpu("0"), vec![], s(&[])),
+            (
+                "pod slots",
+                pod("p"),
+                node("n").max_pods("1"),
+                vec![pod("a")],
+                s(&[REASON_TOO_MANY_PODS]),
+            ),
+            (
+                "no requests always fit resources",
+                pod("p"),
+                node("n").cpu("0"),
+                vec![],
+                s(&[]),
+            ),
         ];
         for (name, p, n, existing, want) in cases {
             let got = NodeResourcesFit.filter(&CycleState::new(), &p.info(), &n.with(existing));
@@ -145,8 +171,18 @@ mod tests {
     #[test]
     fn least_allocated_score() {
         let cases = [
-            ("empty node, 1 cpu of 4, 1Gi of 8Gi", vec![], 4000, (75 + 87) / 2),
-            ("half used", vec![pod("a").cpu("1").memory("3Gi")], 4000, (50 + 50) / 2),
+            (
+                "empty node, 1 cpu of 4, 1Gi of 8Gi",
+                vec![],
+                4000,
+                (75 + 87) / 2,
+            ),
+            (
+                "half used",
+                vec![pod("a").cpu("1").memory("3Gi")],
+                4000,
+                (50 + 50) / 2,
+            ),
         ];
         for (name, existing, _alloc, want) in cases {
             let p = pod("p").cpu("1").memory("1Gi").info();

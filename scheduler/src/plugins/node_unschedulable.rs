@@ -62,8 +62,18 @@ mod tests {
             {"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]}));
         let cases = [
             ("schedulable node", pod("p"), node("n"), Code::Success),
-            ("cordoned", pod("p"), node("n").unschedulable(), Code::UnschedulableAndUnresolvable),
-            ("cordoned but tolerated", tolerating, node("n").unschedulable(), Code::Success),
+            (
+                "cordoned",
+                pod("p"),
+                node("n").unschedulable(),
+                Code::UnschedulableAndUnresolvable,
+            ),
+            (
+                "cordoned but tolerated",
+                tolerating,
+                node("n").unschedulable(),
+                Code::Success,
+            ),
         ];
         for (name, p, n, want) in cases {
             let got = NodeUnschedulable.filter(&CycleState::new(), &p.info(), &n.info());

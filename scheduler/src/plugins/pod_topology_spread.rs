@@ -43,11 +43,13 @@ impl Constraint {
             let mut s = s.clone();
             for key in c.match_label_keys.iter().flatten() {
                 if let Some(v) = pod.labels.get(key) {
-                    s.match_expressions.get_or_insert_with(Vec::new).push(LabelSelectorRequirement {
-                        key: key.clone(),
-                        operator: "In".to_string(),
-                        values: Some(vec![v.clone()]),
-                    });
+                    s.match_expressions.get_or_insert_with(Vec::new).push(
+                        LabelSelectorRequirement {
+                            key: key.clone(),
+                            operator: "In".to_string(),
+                            values: Some(vec![v.clone()]),
+                        },
+                    );
                 }
             }
             LabelSelector::from_k8s(&s).ok()
@@ -65,7 +67,10 @@ impl Constraint {
     fn selects(&self, pod: &PodInfo, namespace: &str) -> bool {
         pod.namespace == namespace
             && !pod.is_terminating()
-            && self.selector.as_ref().is_some_and(|s| s.matches(&pod.labels))
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&pod.labels))
     }
 }
 
@@ -95,18 +100,29 @@ fn eligible(c: &Constraint, pod: &PodInfo, node: &NodeInfo) -> bool {
 }
 
 /// Matching pods per domain value, per constraint.
-fn count(constraints: &[Constraint], pod: &PodInfo, nodes: &[Arc<NodeInfo>]) -> Vec<HashMap<String, i64>> {
+fn count(
+    constraints: &[Constraint],
+    pod: &PodInfo,
+    nodes: &[Arc<NodeInfo>],
+) -> Vec<HashMap<String, i64>> {
     let mut counts = vec![HashMap::new(); constraints.len()];
     for node in nodes {
         let labels = node.labels();
-        if !constraints.iter().all(|c| labels.contains_key(&c.topology_key)) {
+        if !constraints
+            .iter()
+            .all(|c| labels.contains_key(&c.topology_key))
+        {
             continue;
         }
         for (c, counts) in constraints.iter().zip(counts.iter_mut()) {
             if !eligible(c, pod, node) {
                 continue;
             }
-            let n = node.pods.iter().filter(|p| c.selects(p, &pod.namespace)).count() as i64;
+            let n = node
+                .pods
+                .iter()
+                .filter(|p| c.selects(p, &pod.namespace))
+                .count() as i64;
             *counts.entry(labels[&c.topology_key].clone()).or_insert(0) += n;
         }
     }
@@ -186,7 +202,10 @@ impl FilterPlugin for PodTopologySpread {
     /// gives 2 + 1 − 1 = 2 > 1 (rejected), zone b gives 1 + 1 − 1 = 1 (fits).
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let Some(s) = state.read::<PreFilterState>() else {
-            return Status::new(Code::Error, "PreFilter state of PodTopologySpread is missing");
+            return Status::new(
+                Code::Error,
+                "PreFilter state of PodTopologySpread is missing",
+            );
         };
         let labels = node.labels();
         for (i, c) in s.constraints.iter().enumerate() {
@@ -231,7 +250,10 @@ impl ScorePlugin for PodTopologySpread {
     /// without a constraint's key score 0 (and end up last after normalisation).
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
         let Some(s) = state.read::<PreScoreState>() else {
-            return Err(Status::new(Code::Error, "PreScore state of PodTopologySpread is missing"));
+            return Err(Status::new(
+                Code::Error,
+                "PreScore state of PodTopologySpread is missing",
+            ));
         };
         let labels = node.labels();
         let mut score = 0.0;
@@ -271,7 +293,8 @@ mod tests {
     use serde_json::json;
 
     fn spread(p: PodBuilder, key: &str, max_skew: i32, when: &str) -> PodBuilder {
-        p.label("app", "web").spec_json(json!({"topologySpreadConstraints": [
+        p.label("app", "web")
+            .spec_json(json!({"topologySpreadConstraints": [
             {"maxSkew": max_skew, "topologyKey": key, "whenUnsatisfiable": when,
              "labelSelector": {"matchLabels": {"app": "web"}}}]}))
     }
@@ -281,7 +304,9 @@ mod tests {
         let web = |n: &str| pod(n).label("app", "web");
         // zone a: 2 web pods (n1), zone b: 1 web pod (n2), n3 in zone b empty, n4 no zone.
         let snap = snapshot(vec![
-            node("n1").label("zone", "a").with(vec![web("w1"), web("w2")]),
+            node("n1")
+                .label("zone", "a")
+                .with(vec![web("w1"), web("w2")]),
             node("n2").label("zone", "b").with(vec![web("w3")]),
             node("n3").label("zone", "b").info(),
             node("n4").info(),
@@ -290,14 +315,28 @@ mod tests {
             (
                 "maxSkew 1 rejects the fuller zone",
                 spread(pod("p"), "zone", 1, "DoNotSchedule"),
-                vec![Code::Unschedulable, Code::Success, Code::Success, Code::UnschedulableAndUnresolvable],
+                vec![
+                    Code::Unschedulable,
+                    Code::Success,
+                    Code::Success,
+                    Code::UnschedulableAndUnresolvable,
+                ],
             ),
             (
                 "maxSkew 2 allows both",
                 spread(pod("p"), "zone", 2, "DoNotSchedule"),
-                vec![Code::Success, Code::Success, Code::Success, Code::UnschedulableAndUnresolvable],
+                vec![
+                    Code::Success,
+                    Code::Success,
+                    Code::Success,
+                    Code::UnschedulableAndUnresolvable,
+                ],
             ),
-            ("ScheduleAnyway does not filter", spread(pod("p"), "zone", 1, "ScheduleAnyway"), vec![Code::Success; 4]),
+            (
+                "ScheduleAnyway does not filter",
+                spread(pod("p"), "zone", 1, "ScheduleAnyway"),
+                vec![Code::Success; 4],
+            ),
         ];
         for (name, p, want) in cases {
             let p = p.info();
@@ -306,7 +345,13 @@ mod tests {
             let got: Vec<Code> = snap
                 .nodes()
                 .iter()
-                .map(|n| if pre.code == Code::Skip { Code::Success } else { PodTopologySpread.filter(&state, &p, n).code })
+                .map(|n| {
+                    if pre.code == Code::Skip {
+                        Code::Success
+                    } else {
+                        PodTopologySpread.filter(&state, &p, n).code
+                    }
+                })
                 .collect();
             assert_eq!(got, want, "{name}");
         }
@@ -322,7 +367,9 @@ mod tests {
         ]);
         let p = spread(pod("p"), "kubernetes.io/hostname", 1, "ScheduleAnyway").info();
         let mut state = CycleState::new();
-        assert!(PodTopologySpread.pre_score(&mut state, &p, snap.nodes(), &snap).is_success());
+        assert!(PodTopologySpread
+            .pre_score(&mut state, &p, snap.nodes(), &snap)
+            .is_success());
         let mut scores: Vec<i64> = snap
             .nodes()
             .iter()

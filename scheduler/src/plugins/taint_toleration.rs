@@ -55,7 +55,12 @@ impl ScorePlugin for TaintToleration {
         let relevant: Vec<_> = pod
             .tolerations
             .iter()
-            .filter(|t| matches!(t.effect.as_deref(), None | Some("") | Some("PreferNoSchedule")))
+            .filter(|t| {
+                matches!(
+                    t.effect.as_deref(),
+                    None | Some("") | Some("PreferNoSchedule")
+                )
+            })
             .collect();
         Ok(node
             .taints()
@@ -80,11 +85,36 @@ mod tests {
     fn filter() {
         let cases = [
             ("no taints", pod("p"), node("n"), Ok(())),
-            ("untolerated NoSchedule", pod("p"), node("n").taint("dedicated", "gpu", "NoSchedule"), Err("node(s) had untolerated taint {dedicated: gpu}")),
-            ("tolerated", pod("p").toleration("dedicated", "gpu", "NoSchedule"), node("n").taint("dedicated", "gpu", "NoSchedule"), Ok(())),
-            ("wrong value", pod("p").toleration("dedicated", "cpu", "NoSchedule"), node("n").taint("dedicated", "gpu", "NoSchedule"), Err("node(s) had untolerated taint {dedicated: gpu}")),
-            ("NoExecute too", pod("p"), node("n").taint("k", "v", "NoExecute"), Err("node(s) had untolerated taint {k: v}")),
-            ("PreferNoSchedule does not filter", pod("p"), node("n").taint("k", "v", "PreferNoSchedule"), Ok(())),
+            (
+                "untolerated NoSchedule",
+                pod("p"),
+                node("n").taint("dedicated", "gpu", "NoSchedule"),
+                Err("node(s) had untolerated taint {dedicated: gpu}"),
+            ),
+            (
+                "tolerated",
+                pod("p").toleration("dedicated", "gpu", "NoSchedule"),
+                node("n").taint("dedicated", "gpu", "NoSchedule"),
+                Ok(()),
+            ),
+            (
+                "wrong value",
+                pod("p").toleration("dedicated", "cpu", "NoSchedule"),
+                node("n").taint("dedicated", "gpu", "NoSchedule"),
+                Err("node(s) had untolerated taint {dedicated: gpu}"),
+            ),
+            (
+                "NoExecute too",
+                pod("p"),
+                node("n").taint("k", "v", "NoExecute"),
+                Err("node(s) had untolerated taint {k: v}"),
+            ),
+            (
+                "PreferNoSchedule does not filter",
+                pod("p"),
+                node("n").taint("k", "v", "PreferNoSchedule"),
+                Ok(()),
+            ),
             (
                 "Exists without key tolerates everything",
                 pod("p").spec_json(serde_json::json!({"tolerations": [{"operator": "Exists"}]})),
@@ -111,11 +141,18 @@ mod tests {
             node("clean").info(),
             node("tolerated").taint("a", "1", "PreferNoSchedule").info(),
             node("one").taint("b", "1", "PreferNoSchedule").info(),
-            node("two").taint("b", "1", "PreferNoSchedule").taint("c", "1", "PreferNoSchedule").info(),
+            node("two")
+                .taint("b", "1", "PreferNoSchedule")
+                .taint("c", "1", "PreferNoSchedule")
+                .info(),
         ];
         let mut scores: Vec<i64> = nodes
             .iter()
-            .map(|n| TaintToleration.score(&CycleState::new(), &p, n).expect("score"))
+            .map(|n| {
+                TaintToleration
+                    .score(&CycleState::new(), &p, n)
+                    .expect("score")
+            })
             .collect();
         assert_eq!(scores, vec![0, 0, 1, 2]);
         TaintToleration.normalize_score(&CycleState::new(), &p, &mut scores);
