@@ -12,7 +12,7 @@
 //!
 //! A worker loop:
 //!
-//! ```ignore
+//! ```text
 //! while let Some(key) = queue.next().await {
 //!     match reconcile(&key).await {
 //!         Ok(()) => queue.forget(&key),

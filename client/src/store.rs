@@ -1,7 +1,7 @@
 //! The reflector: an in-memory cache of one kind fed by a [`crate::watcher()`] stream,
 //! written by one [`Writer`] and read through any number of [`Store`]s.
 //!
-//! ```ignore
+//! ```text
 //! let (store, writer) = store::store::<Pod>();
 //! let events = reflector(writer, watcher(api, WatcherConfig::default()));
 //! tokio::spawn(events.for_each(|_| async {}).instrument(info_span!("pod_reflector")));
