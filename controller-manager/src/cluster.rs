@@ -13,7 +13,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service,
 };
-use k8s_openapi::Metadata as _;
 use parking_lot::Mutex;
 use rkube_client::{api, Api, Client, DeleteParams, Object};
 
@@ -130,8 +129,17 @@ macro_rules! cluster_writer {
 }
 
 namespaced_writer!(
-    Pod, ReplicaSet, Deployment, DaemonSet, StatefulSet, Service, Endpoints, ConfigMap, Secret,
-    Event, Lease
+    Pod,
+    ReplicaSet,
+    Deployment,
+    DaemonSet,
+    StatefulSet,
+    Service,
+    Endpoints,
+    ConfigMap,
+    Secret,
+    Event,
+    Lease
 );
 cluster_writer!(Node, Namespace);
 
@@ -144,9 +152,18 @@ pub struct Recorder {
     calls: Arc<Mutex<Vec<String>>>,
     objects: Arc<Mutex<Vec<serde_json::Value>>>,
     counter: Arc<Mutex<u64>>,
+    fail_creates: bool,
 }
 
 impl Recorder {
+    /// A recorder whose creates all fail with 422 Invalid (a broken pod template).
+    pub fn failing_creates() -> Self {
+        Recorder {
+            fail_creates: true,
+            ..Default::default()
+        }
+    }
+
     /// The calls so far, in order (events are left out: they are not decisions).
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().clone()
@@ -177,6 +194,11 @@ impl Recorder {
 impl<K: Object> Writer<K> for Recorder {
     fn create(&self, object: &K) -> BoxFuture<'_, api::Result<K>> {
         let mut object = object.clone();
+        if self.fail_creates {
+            self.record("create", &object);
+            let status = rkube_api::status::Status::bad_request("pod template is invalid");
+            return Box::pin(async move { Err(api::Error::Api(Box::new(status))) });
+        }
         {
             let mut counter = self.counter.lock();
             *counter += 1;
@@ -221,8 +243,13 @@ impl<K: Object> Writer<K> for Recorder {
             ));
         }
         Box::pin(async move {
-            let mut object: K = serde_json::from_value(serde_json::json!({}))
-                .map_err(|source| api::Error::Decode { kind: K::KIND, source })?;
+            let mut object: K =
+                serde_json::from_value(serde_json::json!({})).map_err(|source| {
+                    api::Error::Decode {
+                        kind: K::KIND,
+                        source,
+                    }
+                })?;
             object.metadata_mut().name = Some(name.to_string());
             Ok(object)
         })

@@ -6,15 +6,15 @@
 //! into one object with a growing `count`, as client-go's recorder does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::chrono::Utc;
 use rkube_client::Object;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::warn;
 
 use crate::cluster::Writer;
 
@@ -24,6 +24,9 @@ pub enum EventType {
     Normal,
     Warning,
 }
+
+/// Keeps event names unique when two are recorded in the same nanosecond.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 /// Repeats of one event are folded only while fewer than this many distinct events are
 /// remembered.
@@ -71,7 +74,7 @@ impl EventRecorder {
                         }
                         written.insert(key, stored);
                     }
-                    Err(err) => debug!(error = %err, "failed to write event"),
+                    Err(err) => warn!(error = %err, "failed to write event"),
                 }
             }
         });
@@ -89,7 +92,7 @@ impl EventRecorder {
     pub fn record<K: Object>(&self, object: &K, kind: EventType, reason: &str, message: String) {
         let Some(sender) = &self.sender else { return };
         let meta = object.metadata();
-        let now = Time(Utc::now());
+        let now = Time(crate::pod::now());
         let namespace = meta
             .namespace
             .clone()
@@ -97,7 +100,13 @@ impl EventRecorder {
             .unwrap_or_else(|| "default".to_string());
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", meta.name.as_deref().unwrap_or("object"))),
+                // client-go's naming: the object's name and a unique hexadecimal stamp.
+                name: Some(format!(
+                    "{}.{:x}",
+                    meta.name.as_deref().unwrap_or("object"),
+                    now.0.timestamp_nanos_opt().unwrap_or_default() as u64
+                        + SEQUENCE.fetch_add(1, Ordering::Relaxed)
+                )),
                 namespace: Some(namespace),
                 ..Default::default()
             },

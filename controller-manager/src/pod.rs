@@ -7,6 +7,15 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::chrono::{DateTime, Utc};
 
+/// The current time, as Kubernetes timestamps hold it.
+pub fn now() -> DateTime<Utc> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    DateTime::<Utc>::from_timestamp(since_epoch.as_secs() as i64, since_epoch.subsec_nanos())
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
 /// Not terminated (Succeeded/Failed) and not being deleted: counts towards replicas.
 pub fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -43,7 +52,11 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: DateTime<Utc>) -> bo
 }
 
 /// Seconds until a ready pod becomes available, when it is not yet.
-pub fn seconds_until_available(pod: &Pod, min_ready_seconds: i32, now: DateTime<Utc>) -> Option<i64> {
+pub fn seconds_until_available(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    now: DateTime<Utc>,
+) -> Option<i64> {
     let since = ready_since(pod)??;
     let at = since + k8s_openapi::chrono::Duration::seconds(i64::from(min_ready_seconds));
     (at > now).then(|| (at - now).num_seconds() + 1)
@@ -79,11 +92,13 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
         .cmp(&assigned(b))
         .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
         .then_with(|| is_ready(a).cmp(&is_ready(b)))
-        .then_with(|| match (ready_since(a).flatten(), ready_since(b).flatten()) {
-            // Ready more recently = ready for less time = goes first.
-            (Some(x), Some(y)) => y.cmp(&x),
-            _ => Ordering::Equal,
-        })
+        .then_with(
+            || match (ready_since(a).flatten(), ready_since(b).flatten()) {
+                // Ready more recently = ready for less time = goes first.
+                (Some(x), Some(y)) => y.cmp(&x),
+                _ => Ordering::Equal,
+            },
+        )
         .then_with(|| restarts(b).cmp(&restarts(a)))
         .then_with(|| created(b).cmp(&created(a)))
 }
@@ -195,16 +210,37 @@ mod tests {
         let old_ready = running_ready(on_node(pod("old-ready"), "n1"), 10);
         let new_ready = running_ready(on_node(pod("new-ready"), "n1"), 100);
         let mut running_not_ready = on_node(pod("running"), "n1");
-        running_not_ready.status.get_or_insert_with(Default::default).phase = Some("Running".into());
-        let mut pods = vec![old_ready, new_ready, running_not_ready, pending, unscheduled];
+        running_not_ready
+            .status
+            .get_or_insert_with(Default::default)
+            .phase = Some("Running".into());
+        let mut pods = [
+            old_ready,
+            new_ready,
+            running_not_ready,
+            pending,
+            unscheduled,
+        ];
         pods.sort_by(deletion_order);
-        let names: Vec<_> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
-        assert_eq!(names, ["unscheduled", "pending", "running", "new-ready", "old-ready"]);
+        let names: Vec<_> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unscheduled",
+                "pending",
+                "running",
+                "new-ready",
+                "old-ready"
+            ]
+        );
     }
 
     #[test]
     fn newer_pods_go_first_when_otherwise_equal() {
-        let mut pods = vec![created_at(pod("old"), 1), created_at(pod("new"), 2)];
+        let mut pods = [created_at(pod("old"), 1), created_at(pod("new"), 2)];
         pods.sort_by(deletion_order);
         assert_eq!(pods[0].metadata.name.as_deref(), Some("new"));
     }

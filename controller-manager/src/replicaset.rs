@@ -85,7 +85,7 @@ impl Expectations {
         done
     }
 
-    fn expect(&self, key: &ObjectRef, creates: Vec<String>, deletes: Vec<String>) {
+    pub(crate) fn expect(&self, key: &ObjectRef, creates: Vec<String>, deletes: Vec<String>) {
         if creates.is_empty() && deletes.is_empty() {
             return;
         }
@@ -133,14 +133,20 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action>
     let active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| pod::is_active(p)).collect();
 
     let manage_error = if needs_sync {
-        manage_replicas(&rs, &key, &namespace, &active, &ctx).await.err()
+        manage_replicas(&rs, &key, &namespace, &active, &ctx)
+            .await
+            .err()
     } else {
         debug!("waiting for the pod cache to catch up");
         None
     };
 
-    let now = Utc::now();
-    let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let now = crate::pod::now();
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     let status = compute_status(&rs, &active, manage_error.as_ref(), now);
     if rs.status.as_ref() != Some(&status) {
         let mut updated = (*rs).clone();
@@ -159,7 +165,9 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action>
         .filter_map(|p| pod::seconds_until_available(p, min_ready, now))
         .min();
     Ok(match next {
-        Some(seconds) if min_ready > 0 => Action::requeue(Duration::from_secs(seconds.max(1) as u64)),
+        Some(seconds) if min_ready > 0 => {
+            Action::requeue(Duration::from_secs(seconds.max(1) as u64))
+        }
         _ => Action::await_change(),
     })
 }
@@ -231,7 +239,12 @@ async fn manage_replicas(
     active: &[Arc<Pod>],
     ctx: &Context,
 ) -> Result<()> {
-    let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+    let want = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
     let rs_name = rs.metadata.name.clone().unwrap_or_default();
     if active.len() < want {
         let missing = (want - active.len()).min(BURST_REPLICAS);
@@ -366,7 +379,9 @@ pub fn compute_status(
         .iter()
         .filter(|p| {
             let labels = p.metadata.labels.clone().unwrap_or_default();
-            template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
         })
         .count();
     let ready = active.iter().filter(|p| pod::is_ready(p)).count();
@@ -426,4 +441,199 @@ pub fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Context>) -> Act
         "reconcile failed"
     );
     Action::retry()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector as K8sSelector, ObjectMeta,
+    };
+    use rkube_client::store;
+    use rkube_client::watcher::Event;
+
+    use super::*;
+    use crate::cluster::Recorder;
+    use crate::pod::testing::*;
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::from([("app".to_string(), "web".to_string())])
+    }
+
+    fn rs(replicas: i32) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                uid: Some("rs-uid".into()),
+                generation: Some(2),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(replicas),
+                selector: K8sSelector {
+                    match_labels: Some(labels()),
+                    ..Default::default()
+                },
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels()),
+                        ..Default::default()
+                    }),
+                    spec: Some(Default::default()),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn owned(mut pod: Pod, rs: &ReplicaSet) -> Pod {
+        pod.metadata.labels = Some(labels());
+        pod.metadata.owner_references = Some(vec![pod::controller_ref(
+            "apps/v1",
+            "ReplicaSet",
+            &rs.metadata,
+        )]);
+        pod
+    }
+
+    fn context(pods: Vec<Pod>, recorder: &Recorder) -> (Arc<Context>, store::Writer<Pod>) {
+        let (store, mut writer) = store::store();
+        writer.apply_watcher_event(&Event::Init);
+        for p in pods {
+            writer.apply_watcher_event(&Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let ctx = Context {
+            pods: store,
+            pod_writer: Arc::new(recorder.clone()),
+            rs_writer: Arc::new(recorder.clone()),
+            expectations: Expectations::default(),
+            events: EventRecorder::disabled(),
+        };
+        (Arc::new(ctx), writer)
+    }
+
+    #[tokio::test]
+    async fn creates_missing_pods_once_until_the_cache_sees_them() {
+        let recorder = Recorder::default();
+        let (ctx, _writer) = context(vec![], &recorder);
+        let set = Arc::new(rs(3));
+        reconcile(set.clone(), ctx.clone())
+            .await
+            .expect("reconcile");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "create Pod default/web-1",
+                "create Pod default/web-2",
+                "create Pod default/web-3",
+                "update-status ReplicaSet default/web",
+            ]
+        );
+        let created = &recorder.objects()[0];
+        assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "rs-uid");
+        assert_eq!(created["metadata"]["labels"]["app"], "web");
+
+        // The cache has not seen the pods: a second reconcile must not create again.
+        reconcile(set, ctx).await.expect("reconcile");
+        assert_eq!(recorder.calls().len(), 5, "{:?}", recorder.calls());
+        assert_eq!(recorder.calls()[4], "update-status ReplicaSet default/web");
+    }
+
+    #[tokio::test]
+    async fn deletes_least_useful_pods_first() {
+        let set = rs(1);
+        let pods = vec![
+            owned(running_ready(on_node(pod("old-ready"), "n1"), 10), &set),
+            owned(pod("unscheduled"), &set),
+            owned(running_ready(on_node(pod("new-ready"), "n1"), 100), &set),
+        ];
+        let recorder = Recorder::default();
+        let (ctx, _writer) = context(pods, &recorder);
+        reconcile(Arc::new(set), ctx).await.expect("reconcile");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "delete Pod default/unscheduled",
+                "delete Pod default/new-ready",
+                "update-status ReplicaSet default/web",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn adopts_matching_orphans_and_releases_mismatched_pods() {
+        let set = rs(2);
+        let mut orphan = pod("orphan");
+        orphan.metadata.labels = Some(labels());
+        let mut mismatched = owned(pod("relabeled"), &set);
+        mismatched.metadata.labels = Some(BTreeMap::from([("app".into(), "other".into())]));
+        let keep = owned(pod("kept"), &set);
+        let recorder = Recorder::default();
+        let (ctx, _writer) = context(vec![orphan, mismatched, keep], &recorder);
+        reconcile(Arc::new(set), ctx).await.expect("reconcile");
+        let mut calls = recorder.calls();
+        let status = calls.pop();
+        calls.sort();
+        assert_eq!(
+            calls,
+            ["update Pod default/orphan", "update Pod default/relabeled"]
+        );
+        assert_eq!(
+            status.as_deref(),
+            Some("update-status ReplicaSet default/web")
+        );
+        let status = recorder.objects().pop().expect("status written");
+        assert_eq!(status["status"]["replicas"], 2);
+        assert_eq!(status["status"]["observedGeneration"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_template_costs_one_create() {
+        let recorder = Recorder::failing_creates();
+        let (ctx, _writer) = context(vec![], &recorder);
+        let err = reconcile(Arc::new(rs(50)), ctx)
+            .await
+            .expect_err("create fails");
+        assert!(matches!(err, Error::CreatePods(_)), "{err}");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "create Pod default/",
+                "update-status ReplicaSet default/web"
+            ]
+        );
+        let status = recorder.objects().pop().expect("status written");
+        assert_eq!(status["status"]["conditions"][0]["type"], "ReplicaFailure");
+        assert_eq!(status["status"]["conditions"][0]["reason"], "FailedCreate");
+    }
+
+    #[tokio::test]
+    async fn slow_start_stops_after_the_batch_that_failed() {
+        // Batches of 1, 2, 4, 3: a failure at call 3 (third batch: calls 3..=6) ends
+        // the run after that batch, so calls 7, 8 and 9 are never made.
+        let calls = parking_lot::Mutex::new(Vec::new());
+        let (done, result) = slow_start(10, 1, |i| {
+            calls.lock().push(i);
+            async move {
+                if i == 3 {
+                    Err(api::Error::UnknownEventType("boom".into()))
+                } else {
+                    Ok(i)
+                }
+            }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(done, [0, 1, 2, 4, 5, 6]);
+        assert_eq!(*calls.lock(), [0, 1, 2, 3, 4, 5, 6]);
+        let (done, result) = slow_start(10, 1, |i| async move { Ok::<_, api::Error>(i) }).await;
+        assert!(result.is_ok());
+        assert_eq!(done.len(), 10);
+    }
 }

@@ -167,7 +167,15 @@ impl LabConfig {
 /// The processes the lab runs, in start order.
 const ETCD: &str = "etcd";
 const APISERVER: &str = "rkube-apiserver";
-const PROCESSES: [&str; 2] = [ETCD, APISERVER];
+const SCHEDULER: &str = "rkube-scheduler";
+const CONTROLLER_MANAGER: &str = "rkube-controller-manager";
+const PROCESSES: [&str; 4] = [ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER];
+
+/// The control-plane components that talk to the apiserver with their own credentials.
+const COMPONENTS: [(&str, Component); 2] = [
+    (SCHEDULER, Component::Scheduler),
+    (CONTROLLER_MANAGER, Component::ControllerManager),
+];
 
 /// What `up` did.
 #[derive(Debug, Clone)]
@@ -231,6 +239,19 @@ pub async fn up(config: &LabConfig) -> Result<UpReport> {
         let child = spawn(config, APISERVER, &apiserver_binary, args)?;
         wait_ready(config, APISERVER, child, &http, &format!("{server}/readyz")).await?;
         started.push(APISERVER);
+    }
+
+    for (name, component) in COMPONENTS {
+        if running_pid(config, name).is_none() {
+            let binary = config.bin_dir.join(name);
+            let args = vec![
+                OsString::from("--kubeconfig"),
+                pki.kubeconfig_path(component).into_os_string(),
+            ];
+            let child = spawn(config, name, &binary, args)?;
+            wait_started(config, name, child).await?;
+            started.push(name);
+        }
     }
 
     let kubeconfig = match &config.kubeconfig {
@@ -462,6 +483,23 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// For components without a health endpoint: fails if the child exits within its first
+/// second (bad flags, no credentials), with the tail of its log.
+async fn wait_started(config: &LabConfig, name: &'static str, mut child: Child) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Ok(Some(status)) = child.try_wait() {
+        let _ = fs::remove_file(config.pid_file(name));
+        let log = config.log_file(name);
+        return Err(Error::Exited {
+            name,
+            status,
+            tail: log_tail(&log),
+            log,
+        });
+    }
+    Ok(())
 }
 
 async fn ready(http: &reqwest::Client, url: &str) -> bool {

@@ -51,7 +51,9 @@ pub enum Error {
     InvalidIntOrPercent(String),
     #[error("failed to create replica set {0}")]
     CreateReplicaSet(String, #[source] api::Error),
-    #[error("replica set {0} exists with another template (hash collision), retrying with a new hash")]
+    #[error(
+        "replica set {0} exists with another template (hash collision), retrying with a new hash"
+    )]
     HashCollision(String),
     #[error("new replica set {0} is not in the cache yet")]
     CacheBehind(String),
@@ -139,7 +141,7 @@ const FNV32_OFFSET: u32 = 0x811c_9dc5;
 const SAFE_ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// The `pod-template-hash` of `template`: FNV-32a of the template (here its canonical
-/// JSON: k8s-openapi writes fields in a fixed order and maps sorted) followed, when the
+/// JSON, see [`equal_ignore_hash`]: fields in a fixed order, maps sorted) followed, when the
 /// Deployment had hash collisions, by the collision count as 8 little-endian bytes; the
 /// decimal number is then mapped digit by digit onto safe characters, as Kubernetes'
 /// `ComputeHash` and `SafeEncodeString` do.
@@ -147,7 +149,7 @@ const SAFE_ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Example: hash 1234567890 → digits "1234567890" → ASCII 49, 50, …, 57, 48 modulo 27
 /// = 22, 23, …, 3, 21 → "56789bcdf4".
 pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let json = serde_json::to_vec(template).expect("a PodTemplateSpec always serialises");
+    let json = serde_json::to_vec(&canonical(template)).expect("JSON values always serialise");
     let mut hash = fnv32a(&json, FNV32_OFFSET);
     if let Some(count) = collision_count {
         let mut bytes = [0u8; 8];
@@ -166,21 +168,41 @@ fn safe_encode(n: u32) -> String {
 }
 
 /// Whether two templates are equal once the `pod-template-hash` label is ignored
-/// (Kubernetes' `EqualIgnoreHash`).
+/// (Kubernetes' `EqualIgnoreHash`), comparing them as Kubernetes' semantic equality
+/// does: an absent field, `null`, `{}` and `[]` are the same. (kubectl's `rollout undo`
+/// sends `"resources": {}` where the stored ReplicaSet has none.)
 pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
     let strip = |t: &PodTemplateSpec| {
         let mut t = t.clone();
         if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove(POD_TEMPLATE_HASH);
         }
-        let mut value = serde_json::to_value(&t).unwrap_or_default();
-        // An empty label map and no label map are the same template.
-        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            meta.retain(|_, v| !(v.is_object() && v.as_object().is_some_and(|o| o.is_empty())));
-        }
-        value
+        canonical(&t)
     };
     strip(a) == strip(b)
+}
+
+/// `template` as JSON without nulls, empty objects and empty arrays (recursively).
+fn canonical(template: &PodTemplateSpec) -> serde_json::Value {
+    fn prune(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Null => true,
+            serde_json::Value::Object(map) => {
+                map.retain(|_, v| !prune(v));
+                map.is_empty()
+            }
+            serde_json::Value::Array(items) => {
+                for item in items.iter_mut() {
+                    prune(item);
+                }
+                items.is_empty()
+            }
+            _ => false,
+        }
+    }
+    let mut value = serde_json::to_value(template).unwrap_or_default();
+    prune(&mut value);
+    value
 }
 
 /// The revision annotation of an object, 0 when absent or unparsable.
@@ -289,10 +311,12 @@ pub(crate) mod testing {
         if let Some(labels) = tmpl.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.insert(POD_TEMPLATE_HASH.into(), hash);
         }
+        let labels = tmpl.metadata.as_ref().and_then(|m| m.labels.clone());
         ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
+                labels: labels.clone(),
                 uid: Some(format!("{name}-uid")),
                 creation_timestamp: Some(Time(
                     DateTime::<Utc>::UNIX_EPOCH + k8s_openapi::chrono::Duration::seconds(created),
@@ -302,11 +326,18 @@ pub(crate) mod testing {
                     "Deployment",
                     &d.metadata,
                 )]),
-                annotations: Some(BTreeMap::from([(REVISION.to_string(), created.to_string())])),
+                annotations: Some(BTreeMap::from([(
+                    REVISION.to_string(),
+                    created.to_string(),
+                )])),
                 ..Default::default()
             },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: labels,
+                    ..Default::default()
+                },
                 template: Some(tmpl),
                 ..Default::default()
             }),
@@ -341,24 +372,186 @@ mod tests {
 
     #[test]
     fn templates_equal_ignoring_hash_label() {
-        let d = deployment(3, IntOrStringExt::int(1), IntOrStringExt::int(0));
+        let d = deployment(
+            3,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0),
+        );
         let rs = replicaset(&d, "web-1", "web:1", 3, 3, 1);
         let rs_template = rs.spec.and_then(|s| s.template).unwrap_or_default();
         assert!(equal_ignore_hash(&template("web:1"), &rs_template));
         assert!(!equal_ignore_hash(&template("web:2"), &rs_template));
+        // What kubectl rollout undo sends: empty structs where the stored one has none.
+        let mut undo = template("web:1");
+        if let Some(spec) = undo.spec.as_mut() {
+            spec.containers[0].resources = Some(Default::default());
+            spec.volumes = Some(vec![]);
+        }
+        assert!(equal_ignore_hash(&undo, &rs_template));
+        assert_eq!(
+            pod_template_hash(&undo, None),
+            pod_template_hash(&template("web:1"), None)
+        );
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    //! Reconcile decisions against the recording fake, as Kubernetes' deployment
+    //! controller tests do (`expectCreateRSAction`, `expectUpdateRSAction`…).
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use rkube_client::store;
+    use rkube_client::watcher::Event;
+
+    use super::testing::*;
+    use super::*;
+    use crate::cluster::Recorder;
+
+    fn context(rss: Vec<ReplicaSet>, recorder: &Recorder) -> Arc<Context> {
+        let (rs_store, mut writer) = store::store();
+        writer.apply_watcher_event(&Event::Init);
+        for rs in rss {
+            writer.apply_watcher_event(&Event::InitApply(rs));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let (pods, mut pod_writer) = store::store();
+        pod_writer.apply_watcher_event(&Event::Init);
+        pod_writer.apply_watcher_event(&Event::InitDone);
+        Arc::new(Context {
+            replicasets: rs_store,
+            pods,
+            deployment_writer: Arc::new(recorder.clone()),
+            rs_writer: Arc::new(recorder.clone()),
+            events: EventRecorder::disabled(),
+        })
     }
 
-    /// Short constructors for `IntOrString` in tests.
-    pub trait IntOrStringExt {
-        fn int(v: i32) -> Self;
-        fn pct(v: &str) -> Self;
+    fn with_scale_annotations(mut rs: ReplicaSet, desired: i32, max: i32) -> ReplicaSet {
+        sync::set_replicas_annotations(&mut rs, desired, max);
+        rs
     }
-    impl IntOrStringExt for k8s_openapi::apimachinery::pkg::util::intstr::IntOrString {
-        fn int(v: i32) -> Self {
-            Self::Int(v)
+
+    #[tokio::test]
+    async fn new_deployment_creates_its_first_replica_set() {
+        let d = deployment(4, IntOrString::Int(1), IntOrString::Int(1));
+        let recorder = Recorder::default();
+        reconcile(Arc::new(d.clone()), context(vec![], &recorder))
+            .await
+            .expect("reconcile");
+        let hash = pod_template_hash(&template("web:1"), None);
+        assert_eq!(
+            recorder.calls(),
+            [
+                format!("create ReplicaSet default/web-{hash}"),
+                "update Deployment default/web".to_string(),
+                "update-status Deployment default/web".to_string(),
+            ]
+        );
+        let objects = recorder.objects();
+        let rs = &objects[0];
+        // Up to replicas + maxSurge pods may exist, none do: the new set gets all 4.
+        assert_eq!(rs["spec"]["replicas"], 4);
+        assert_eq!(rs["metadata"]["labels"][POD_TEMPLATE_HASH], hash.as_str());
+        assert_eq!(
+            rs["spec"]["selector"]["matchLabels"][POD_TEMPLATE_HASH],
+            hash.as_str()
+        );
+        assert_eq!(rs["metadata"]["annotations"][REVISION], "1");
+        assert_eq!(rs["metadata"]["annotations"][DESIRED_REPLICAS], "4");
+        assert_eq!(rs["metadata"]["annotations"][MAX_REPLICAS], "5");
+        assert_eq!(rs["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(objects[1]["metadata"]["annotations"][REVISION], "1");
+    }
+
+    #[tokio::test]
+    async fn rolling_update_scales_the_new_set_up_first() {
+        let mut d = deployment(10, IntOrString::Int(3), IntOrString::Int(2));
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template = template("web:2");
         }
-        fn pct(v: &str) -> Self {
-            Self::String(v.to_string())
+        let old = with_scale_annotations(replicaset(&d, "old", "web:1", 10, 10, 1), 10, 13);
+        let new = with_scale_annotations(replicaset(&d, "new", "web:2", 0, 0, 2), 10, 13);
+        let recorder = Recorder::default();
+        reconcile(Arc::new(d), context(vec![old, new], &recorder))
+            .await
+            .expect("reconcile");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "update Deployment default/web",
+                "update ReplicaSet default/new",
+                "update-status Deployment default/web",
+            ]
+        );
+        // 10 old + 0 new, 13 allowed: the new set grows by 3.
+        assert_eq!(recorder.objects()[1]["spec"]["replicas"], 3);
+    }
+
+    #[tokio::test]
+    async fn rolling_update_then_scales_old_sets_down_within_max_unavailable() {
+        let mut d = deployment(10, IntOrString::Int(3), IntOrString::Int(2));
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template = template("web:2");
         }
+        d.metadata.annotations = Some([(REVISION.to_string(), "2".to_string())].into());
+        let old = with_scale_annotations(replicaset(&d, "old", "web:1", 10, 10, 1), 10, 13);
+        let new = with_scale_annotations(replicaset(&d, "new", "web:2", 3, 3, 2), 10, 13);
+        let recorder = Recorder::default();
+        reconcile(Arc::new(d), context(vec![old, new], &recorder))
+            .await
+            .expect("reconcile");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "update ReplicaSet default/old",
+                "update-status Deployment default/web"
+            ]
+        );
+        // 13 available, 8 needed: 5 old pods go.
+        assert_eq!(recorder.objects()[0]["spec"]["replicas"], 5);
+    }
+
+    #[tokio::test]
+    async fn scaling_event_resizes_without_rolling() {
+        let d = deployment(6, IntOrString::Int(1), IntOrString::Int(0));
+        let d = Deployment {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                annotations: Some([(REVISION.to_string(), "1".to_string())].into()),
+                ..d.metadata.clone()
+            },
+            ..d
+        };
+        let only = with_scale_annotations(replicaset(&d, "web-1", "web:1", 3, 3, 1), 3, 4);
+        let recorder = Recorder::default();
+        reconcile(Arc::new(d), context(vec![only], &recorder))
+            .await
+            .expect("reconcile");
+        assert_eq!(
+            recorder.calls(),
+            [
+                "update ReplicaSet default/web-1",
+                "update-status Deployment default/web"
+            ]
+        );
+        let rs = &recorder.objects()[0];
+        assert_eq!(rs["spec"]["replicas"], 6);
+        assert_eq!(rs["metadata"]["annotations"][DESIRED_REPLICAS], "6");
+    }
+
+    #[tokio::test]
+    async fn paused_deployment_does_not_roll_out() {
+        let mut d = deployment(3, IntOrString::Int(1), IntOrString::Int(0));
+        d.metadata.annotations = Some([(REVISION.to_string(), "1".to_string())].into());
+        if let Some(spec) = d.spec.as_mut() {
+            spec.paused = Some(true);
+            spec.template = template("web:2");
+        }
+        let old = with_scale_annotations(replicaset(&d, "web-1", "web:1", 3, 3, 1), 3, 4);
+        let recorder = Recorder::default();
+        reconcile(Arc::new(d), context(vec![old], &recorder))
+            .await
+            .expect("reconcile");
+        // No ReplicaSet created or scaled, only the status.
+        assert_eq!(recorder.calls(), ["update-status Deployment default/web"]);
     }
 }

@@ -90,7 +90,11 @@ pub fn split_new_and_old(
     d: &Deployment,
     rs_list: &[ReplicaSet],
 ) -> (Option<ReplicaSet>, Vec<ReplicaSet>) {
-    let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let template = d
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
     let mut matching: Vec<&ReplicaSet> = rs_list
         .iter()
         .filter(|rs| {
@@ -100,7 +104,12 @@ pub fn split_new_and_old(
                 .is_some_and(|t| equal_ignore_hash(t, &template))
         })
         .collect();
-    matching.sort_by_key(|rs| (rs.metadata.creation_timestamp.clone(), rs.metadata.name.clone()));
+    matching.sort_by_key(|rs| {
+        (
+            rs.metadata.creation_timestamp.clone(),
+            rs.metadata.name.clone(),
+        )
+    });
     let new = matching.first().map(|rs| (*rs).clone());
     let new_uid = new.as_ref().and_then(|rs| rs.metadata.uid.clone());
     let old = rs_list
@@ -122,7 +131,11 @@ pub async fn get_all_and_sync_revision(
     ctx: &Context,
 ) -> Result<(Option<ReplicaSet>, Vec<ReplicaSet>)> {
     let (existing, old) = split_new_and_old(d, rs_list);
-    let max_old = old.iter().map(|rs| revision_of(&rs.metadata)).max().unwrap_or(0);
+    let max_old = old
+        .iter()
+        .map(|rs| revision_of(&rs.metadata))
+        .max()
+        .unwrap_or(0);
     let new_revision = max_old + 1;
     let new = match existing {
         Some(rs) => Some(sync_existing_new_rs(d, rs, new_revision, ctx).await?),
@@ -337,8 +350,11 @@ pub async fn scale_replicaset(
     if let Some(spec) = updated.spec.as_mut() {
         spec.replicas = Some(new_scale);
     }
-    let annotations_change =
-        set_replicas_annotations(&mut updated, replicas(d), replicas(d) + rolling::max_surge(d)?);
+    let annotations_change = set_replicas_annotations(
+        &mut updated,
+        replicas(d),
+        replicas(d) + rolling::max_surge(d)?,
+    );
     if !size_changes && !annotations_change {
         return Ok(false);
     }
@@ -411,8 +427,7 @@ pub async fn scale(
     let active_old = old.iter().filter(|rs| rs_replicas(rs) > 0).count();
     // One ReplicaSet running (or none): it takes the whole size.
     if usize::from(active_new) + active_old <= 1 {
-        let target: Option<&mut ReplicaSet> = if active_new || (active_old == 0 && new.is_some())
-        {
+        let target: Option<&mut ReplicaSet> = if active_new || (active_old == 0 && new.is_some()) {
             new
         } else if active_old == 1 {
             old.iter_mut().find(|rs| rs_replicas(rs) > 0)
@@ -466,7 +481,12 @@ fn is_saturated(d: &Deployment, rs: &ReplicaSet) -> bool {
         .and_then(|v| v.parse::<i32>().ok());
     rs_replicas(rs) == want
         && desired == Some(want)
-        && rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) == want
+        && rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            == want
 }
 
 /// Deletes the oldest scaled-down ReplicaSets beyond `revisionHistoryLimit` (default 10).
@@ -490,14 +510,23 @@ pub async fn cleanup(d: &Deployment, old: &[ReplicaSet], ctx: &Context) -> Resul
     if cleanable.len() <= limit {
         return Ok(());
     }
-    cleanable.sort_by_key(|rs| (revision_of(&rs.metadata), rs.metadata.creation_timestamp.clone()));
+    cleanable.sort_by_key(|rs| {
+        (
+            revision_of(&rs.metadata),
+            rs.metadata.creation_timestamp.clone(),
+        )
+    });
     let surplus = cleanable.len() - limit;
     for rs in cleanable.into_iter().take(surplus) {
         let name = rs.metadata.name.clone().unwrap_or_default();
         info!(replicaset = %name, "deleting old replica set beyond revision history limit");
         match ctx
             .rs_writer
-            .delete(rs.metadata.namespace.as_deref(), &name, &DeleteParams::default())
+            .delete(
+                rs.metadata.namespace.as_deref(),
+                &name,
+                &DeleteParams::default(),
+            )
             .await
         {
             Ok(_) => {}
