@@ -7,12 +7,14 @@ use anyhow::Context as _;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service,
+};
 use rkube_client::controller::{owner_key, Controller, Informer};
 use rkube_client::leader::{LeaderElector, LeaseConfig};
 use rkube_client::{Api, Client, ClientConfig, ObjectRef, WatcherConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cluster::ApiWriter;
 use crate::events::EventRecorder;
@@ -295,13 +297,35 @@ pub async fn run_with_client(
         shutdown.clone(),
     ));
 
-    // Garbage collection.
+    // Garbage collection, over every kind the apiserver serves: the shared informers
+    // above, plus ones of its own for kinds no other controller reads.
+    let configmaps: Informer<ConfigMap> = informer(&client, &shutdown);
+    let secrets: Informer<Secret> = informer(&client, &shutdown);
+    let events_informer: Informer<Event> = informer(&client, &shutdown);
+    let all_leases: Informer<Lease> = informer(&client, &shutdown);
     let gc = GarbageCollector::new()
+        .kind(&namespaces, client.clone())
+        .kind(&nodes, client.clone())
+        .kind(&pods, client.clone())
+        .kind(&services, client.clone())
+        .kind(&endpoints_informer, client.clone())
+        .kind(&configmaps, client.clone())
+        .kind(&secrets, client.clone())
+        .kind(&events_informer, client.clone())
         .kind(&deployments, client.clone())
         .kind(&replicasets, client.clone())
         .kind(&daemonsets, client.clone())
         .kind(&statefulsets, client.clone())
-        .kind(&pods, client.clone());
+        .kind(&all_leases, client.clone());
+    let covered = gc.kinds();
+    for r in rkube_api::resource::RESOURCES {
+        if !covered
+            .iter()
+            .any(|(v, k)| *v == r.api_version() && *k == r.kind)
+        {
+            warn!(kind = r.kind, "kind served but not garbage collected");
+        }
+    }
     tasks.spawn(gc.run(shutdown.clone()));
 
     info!("controllers started");

@@ -1,13 +1,15 @@
 //! The cluster-level controllers on a real apiserver and etcd with simulated nodes:
-//! node IPAM, a DaemonSet following nodes as they join and leave, a node whose lease
-//! stops being renewed losing its pods to other nodes, cascading deletion (background,
-//! foreground, orphan), namespace deletion, and endpoints.
+//! node IPAM, a DaemonSet following nodes as they join and leave (and `kubectl rollout
+//! status` following it), a node whose lease stops being renewed losing its pods to
+//! other nodes, cascading deletion (background, foreground, orphan) of ReplicaSets and
+//! pods and of ConfigMaps and Services, owners in another namespace, namespace
+//! deletion, and endpoints.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
 use rkube_client::{Api, Client, ClientConfig, ListParams};
 use rkube_controller_manager::simulation::SimulatedNodes;
 use rkube_controller_manager::{run, Config};
@@ -242,6 +244,53 @@ async fn daemonset_follows_nodes_as_they_join_and_leave() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_rollout_status_follows_a_daemonset() {
+    let c = cluster(0).await;
+    let worker = BTreeMap::from([("role".to_string(), "worker".to_string())]);
+    for name in ["w1", "w2"] {
+        c.sim
+            .add_node(name, worker.clone())
+            .await
+            .expect("add node");
+    }
+    c.apply(DAEMONSET);
+    let image_of = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.containers[0].image.clone())
+            .unwrap_or_default()
+    };
+    let status = c.kubectl(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let pods = c.pods("default", "app=agent").await;
+    assert_eq!(pods.iter().filter(|p| is_ready(p)).count(), 2, "{pods:?}");
+
+    // kubectl waits until every daemon runs the new template and is available.
+    c.kubectl(&["set", "image", "ds/agent", "agent=agent:2"]);
+    let status = c.kubectl(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let pods: Vec<Pod> = c
+        .pods("default", "app=agent")
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut nodes: Vec<String> = pods.iter().map(node_of).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["w1", "w2"]);
+    assert!(
+        pods.iter().all(|p| is_ready(p) && image_of(p) == "agent:2"),
+        "{pods:?}"
+    );
+    let dss: Api<DaemonSet> = Api::namespaced(c.client.clone(), "default");
+    let ds = dss.get("agent").await.expect("daemonset");
+    let ds_status = ds.status.expect("status");
+    assert_eq!(ds_status.observed_generation, ds.metadata.generation);
+    assert_eq!(ds_status.updated_number_scheduled, Some(2));
+    assert_eq!(ds_status.number_available, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_of_a_node_that_stops_renewing_its_lease_move_elsewhere() {
     let c = cluster(3).await;
     c.apply(&deployment_in("default"));
@@ -379,6 +428,188 @@ async fn cascading_deletion_background_foreground_and_orphan() {
             .count(),
         4
     );
+}
+
+/// Creates a ConfigMap `web-config` and a Service `web` in `ns`, owned by Deployment
+/// `web` (uid `uid`); the ConfigMap also carries `finalizers`.
+async fn create_owned_by_web(client: &Client, ns: &str, uid: &str, finalizers: &[&str]) {
+    let owner = serde_json::json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+        "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-config", "namespace": ns, "ownerReferences": owner,
+                     "finalizers": finalizers},
+        "data": {"greeting": "hello"}}))
+    .expect("a valid configmap");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": ns, "ownerReferences": owner},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}))
+    .expect("a valid service");
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&cm)
+        .await
+        .expect("create configmap");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&svc)
+        .await
+        .expect("create service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cascading_deletion_reaches_configmaps_and_services() {
+    let c = cluster(1).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let deploy = || async {
+        c.apply(&deployment_in("default"));
+        let uid = deployments
+            .get("web")
+            .await
+            .expect("deployment")
+            .metadata
+            .uid
+            .expect("uid");
+        create_owned_by_web(&c.client, "default", &uid, &[]).await;
+        uid
+    };
+    let both_gone = || async {
+        (configmaps.get_opt("web-config").await.ok()?.is_none()
+            && services.get_opt("web").await.ok()?.is_none())
+        .then_some(())
+    };
+
+    // Background: both go after the deployment.
+    deploy().await;
+    c.kubectl(&["delete", "deploy/web", "--cascade=background"]);
+    eventually(
+        "configmap and service gone",
+        Duration::from_secs(20),
+        both_gone,
+    )
+    .await;
+
+    // Orphan: both stay, without the reference to the deployment.
+    let uid = deploy().await;
+    c.kubectl(&["delete", "deploy/web", "--cascade=orphan"]);
+    eventually("deployment gone", Duration::from_secs(20), || async {
+        deployments
+            .get_opt("web")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cm = configmaps
+        .get("web-config")
+        .await
+        .expect("orphaned configmap");
+    let svc = services.get("web").await.expect("orphaned service");
+    for (what, refs) in [
+        ("configmap", &cm.metadata.owner_references),
+        ("service", &svc.metadata.owner_references),
+    ] {
+        assert!(
+            refs.iter().flatten().all(|r| r.uid != uid),
+            "{what} still names its owner: {refs:?}"
+        );
+    }
+    c.kubectl(&["delete", "configmap/web-config", "service/web"]);
+    for rs in c.kubectl(&["get", "rs", "-o", "name"]).lines() {
+        c.kubectl(&["delete", rs]);
+    }
+
+    // Foreground: the deployment waits for both. A finalizer of the test's own holds
+    // the ConfigMap (deleted, but still there) until the test lets it go.
+    c.apply(&deployment_in("default"));
+    let uid = deployments
+        .get("web")
+        .await
+        .expect("deployment")
+        .metadata
+        .uid
+        .expect("uid");
+    create_owned_by_web(&c.client, "default", &uid, &["example.com/hold"]).await;
+    c.kubectl(&[
+        "delete",
+        "deploy/web",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    eventually(
+        "configmap deleted and service gone",
+        Duration::from_secs(20),
+        || async {
+            let cm = configmaps.get_opt("web-config").await.ok()??;
+            (cm.metadata.deletion_timestamp.is_some()
+                && services.get_opt("web").await.ok()?.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = deployments
+        .get("web")
+        .await
+        .expect("the deployment waits for its configmap");
+    assert!(d.metadata.deletion_timestamp.is_some());
+    c.kubectl(&[
+        "patch",
+        "configmap/web-config",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(
+        "deployment gone after its dependents",
+        Duration::from_secs(20),
+        || async {
+            (deployments.get_opt("web").await.ok()?.is_none()
+                && configmaps.get_opt("web-config").await.ok()?.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_in_another_namespace_is_never_an_owner() {
+    let c = cluster(1).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    c.apply(&deployment_in("default"));
+    let uid = deployments
+        .get("web")
+        .await
+        .expect("deployment")
+        .metadata
+        .uid
+        .expect("uid");
+    c.kubectl(&["create", "namespace", "other"]);
+    // Same owner in both namespaces: only the dependents in "default" have one.
+    create_owned_by_web(&c.client, "default", &uid, &[]).await;
+    create_owned_by_web(&c.client, "other", &uid, &[]).await;
+    let others: Api<ConfigMap> = Api::namespaced(c.client.clone(), "other");
+    let other_services: Api<Service> = Api::namespaced(c.client.clone(), "other");
+    eventually(
+        "dependents in the other namespace collected",
+        Duration::from_secs(20),
+        || async {
+            (others.get_opt("web-config").await.ok()?.is_none()
+                && other_services.get_opt("web").await.ok()?.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    assert!(configmaps
+        .get_opt("web-config")
+        .await
+        .expect("get")
+        .is_some());
+    assert!(services.get_opt("web").await.expect("get").is_some());
+    assert!(deployments.get_opt("web").await.expect("get").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,8 +1,9 @@
 //! The ReplicaSet and Deployment controllers on a real apiserver and etcd, with a
 //! simulated node agent binding pods and marking them Running and Ready: scaling,
 //! adoption, a rolling update that never drops below `replicas - maxUnavailable` ready
-//! pods, a stuck rollout reaching ProgressDeadlineExceeded, Recreate, and
-//! `kubectl rollout status/history/undo` with the real kubectl.
+//! pods, a stuck rollout reaching ProgressDeadlineExceeded, Recreate,
+//! revisionHistoryLimit cleanup, minReadySeconds, and `kubectl rollout
+//! status/history/undo` with the real kubectl.
 
 use std::time::{Duration, Instant};
 
@@ -508,4 +509,118 @@ async fn recreate_stops_old_pods_before_starting_new_ones() {
         "old and new pods ran at the same time"
     );
     let _ = &c.sim;
+}
+
+/// The revisions `kubectl rollout history` lists.
+fn history_revisions(history: &str) -> Vec<String> {
+    history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revision_history_limit_deletes_the_oldest_replicasets() {
+    let c = cluster(2).await;
+    let manifest = |image: &str| {
+        deployment_yaml(image, ROLLING).replace(
+            r#""replicas":6,"#,
+            r#""replicas":2,"revisionHistoryLimit":2,"#,
+        )
+    };
+    for image in ["web:1", "web:2", "web:3", "web:4", "web:5"] {
+        ok(&tokio::task::block_in_place(|| {
+            c.api.kubectl_stdin(&["apply", "-f", "-"], &manifest(image))
+        }));
+        let status = ok(&tokio::task::block_in_place(|| {
+            c.api
+                .kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"])
+        }));
+        assert!(status.contains("successfully rolled out"), "{status}");
+    }
+    // Revision 5 runs; of the four old ReplicaSets the newest two (3 and 4) stay.
+    let rss: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    let revisions = eventually(
+        "old replicasets cleaned up",
+        Duration::from_secs(20),
+        || async {
+            let mut revisions: Vec<String> = rss
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter_map(|rs| {
+                    rs.metadata
+                        .annotations
+                        .as_ref()?
+                        .get("deployment.kubernetes.io/revision")
+                        .cloned()
+                })
+                .collect();
+            revisions.sort();
+            (revisions.len() == 3).then_some(revisions)
+        },
+    )
+    .await;
+    assert_eq!(revisions, ["3", "4", "5"]);
+    let history = ok(&tokio::task::block_in_place(|| {
+        c.api.kubectl(&["rollout", "history", "deploy/web"])
+    }));
+    assert_eq!(history_revisions(&history), ["3", "4", "5"], "{history}");
+    // Undo to a revision that was cleaned up is refused.
+    let out = tokio::task::block_in_place(|| {
+        c.api
+            .kubectl(&["rollout", "undo", "deploy/web", "--to-revision=1"])
+    });
+    assert!(
+        !out.status.success(),
+        "undo to a deleted revision succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn available_replicas_lag_readiness_by_min_ready_seconds() {
+    let c = cluster(2).await;
+    let manifest = deployment_yaml("web:1", ROLLING)
+        .replace(r#""replicas":6,"#, r#""replicas":2,"minReadySeconds":3,"#);
+    ok(&tokio::task::block_in_place(|| {
+        c.api.kubectl_stdin(&["apply", "-f", "-"], &manifest)
+    }));
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    // The first time the Deployment reports both replicas ready, none is available yet.
+    let (ready_at, available) = eventually("2 ready replicas", Duration::from_secs(20), || async {
+        let status = deployments.get("web").await.ok()?.status?;
+        (status.ready_replicas == Some(2))
+            .then(|| (Instant::now(), status.available_replicas.unwrap_or(0)))
+    })
+    .await;
+    assert!(available < 2, "available as soon as ready: {available}");
+    eventually("2 available replicas", Duration::from_secs(20), || async {
+        let status = deployments.get("web").await.ok()?.status?;
+        (status.available_replicas == Some(2)).then_some(())
+    })
+    .await;
+    let lag = ready_at.elapsed();
+    // Pods became ready a little before the status said so: allow for that delay.
+    assert!(
+        lag >= Duration::from_millis(2000),
+        "available {lag:?} after ready, minReadySeconds is 3"
+    );
+    assert!(
+        lag < Duration::from_secs(10),
+        "available only after {lag:?}"
+    );
+    let rs = Api::<ReplicaSet>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(
+        rs[0].status.as_ref().and_then(|s| s.available_replicas),
+        Some(2)
+    );
 }
