@@ -4,7 +4,7 @@
 //!
 //! The shape is kube-runtime's:
 //!
-//! ```ignore
+//! ```text
 //! async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error>;
 //! fn error_policy(rs: Arc<ReplicaSet>, err: &Error, ctx: Arc<Ctx>) -> Action;
 //!

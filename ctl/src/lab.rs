@@ -649,7 +649,16 @@ mod tests {
         // `sleep` stands in for a server; it must be found by its program name.
         let mut child = spawn(&config, "sleep", Path::new("/bin/sleep"), vec!["30".into()])
             .expect("spawn sleep");
-        let pid = running_pid(&config, "sleep").expect("running");
+        // The child is ours at once, but it is `sleep` only once it has exec'd.
+        let mut pid = running_pid(&config, "sleep");
+        for _ in 0..100 {
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            pid = running_pid(&config, "sleep");
+        }
+        let pid = pid.expect("running");
         assert_eq!(pid.as_raw() as u32, child.id());
         assert!(
             running_pid(&config, ETCD).is_none(),

@@ -124,6 +124,9 @@ impl ImageStore {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io(&path))?;
         }
+        // oci-client's TLS comes without a crypto provider: use ring, as every rkube
+        // component does (an error only means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
             ..Default::default()
