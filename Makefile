@@ -19,7 +19,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Commands the build, the lab and the tests need, as command:debian-package.
 SYSTEM_DEPS := etcd:etcd-server protoc:protobuf-compiler pkg-config:pkg-config \
-	nft:nftables busybox:busybox-static ip:iproute2 cc:build-essential
+	nft:nftables busybox:busybox-static ip:iproute2 cc:build-essential \
+	docker-registry:docker-registry
 # Libraries without a command, as pkg-config-name:debian-package.
 SYSTEM_LIBS := libseccomp:libseccomp-dev
 

@@ -30,6 +30,9 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// The node's InternalIP; detected when `None`.
     pub node_ip: Option<IpAddr>,
+    /// The binary run as `<binary> shim …` for each container and sandbox; the running
+    /// executable when `None`.
+    pub shim_binary: Option<PathBuf>,
     /// How often the node Lease is renewed (kubelet: a quarter of its 40 s duration).
     pub lease_renew_interval: Duration,
     /// How often the Node status (conditions, heartbeat) is written.
@@ -48,6 +51,7 @@ impl Config {
             root_dir,
             insecure_registries: Vec::new(),
             node_ip: None,
+            shim_binary: None,
             lease_renew_interval: Duration::from_secs(10),
             node_status_interval: Duration::from_secs(10),
             pod_resync_interval: Duration::from_secs(1),
@@ -62,9 +66,14 @@ impl Config {
 /// When the apiserver cannot be reached, the node cannot be registered or the runtime's
 /// state directory cannot be prepared.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let shim_binary = match &config.shim_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("find the agent's own executable")?,
+    };
     let runtime = LocalRuntime::new(LocalRuntimeConfig {
         root_dir: config.root_dir.clone(),
         insecure_registries: config.insecure_registries.clone(),
+        shim_binary,
     })
     .context("prepare the container runtime")?;
     run_with_runtime(config, Arc::new(runtime), shutdown).await

@@ -10,6 +10,9 @@
 //!   pod; the worker drives a [`runtime::ContainerRuntime`] (restart policy,
 //!   [`backoff`], graceful deletion) and reports [`status`].
 //!
+//! [`shim`] is the single-threaded helper the built-in runtime re-executes the agent
+//! binary as (`rkube-nodeagent shim …`) to run each container with libcontainer.
+//!
 //! The runtime is a trait so that workers are unit-tested against
 //! [`runtime::fake::FakeRuntime`], a recording fake, without root.
 
@@ -21,6 +24,7 @@ pub mod node;
 pub mod pod_worker;
 pub mod pod_workers;
 pub mod runtime;
+pub mod shim;
 pub mod status;
 
 pub use agent::{run, Config};

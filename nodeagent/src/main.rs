@@ -1,7 +1,9 @@
 //! `rkube-nodeagent`: parses flags, sets up tracing and runs the node agent until SIGTERM
-//! or SIGINT.
+//! or SIGINT. Called as `rkube-nodeagent shim …` it is instead the single-threaded
+//! container helper of [`rkube_nodeagent::shim`], which must never start tokio.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,11 +13,16 @@ use tracing::info;
 
 /// The rkube node agent: registers this machine as a Node and runs the pods bound to it.
 #[derive(Debug, Parser)]
-#[command(name = "rkube-nodeagent", version)]
+#[command(
+    name = "rkube-nodeagent",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Flags {
     /// Kubeconfig with the apiserver address, its CA and this agent's token.
     #[arg(long, env = "RKUBE_KUBECONFIG")]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Name of the Node object (default: the hostname).
     #[arg(long, env = "RKUBE_NODE_NAME")]
     node_name: Option<String>,
@@ -28,27 +35,52 @@ struct Flags {
     /// The node's InternalIP (default: the first non-loopback IPv4 address).
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
+    #[command(subcommand)]
+    helper: Option<Helper>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Subcommand)]
+enum Helper {
+    /// The per-container helper the agent starts itself as (internal).
+    #[command(hide = true)]
+    Shim {
+        #[command(subcommand)]
+        command: rkube_nodeagent::shim::Command,
+    },
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let flags = Flags::parse();
+    if let Some(Helper::Shim { command }) = flags.helper {
+        return Ok(rkube_nodeagent::shim::main(command));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let flags = Flags::parse();
+    let kubeconfig = flags
+        .kubeconfig
+        .context("--kubeconfig (or RKUBE_KUBECONFIG) is required")?;
     let node_name = match flags.node_name {
         Some(name) => name,
         None => rkube_nodeagent::machine::hostname().context("read the hostname")?,
     };
-    let client = rkube_client::ClientConfig::from_kubeconfig(&flags.kubeconfig)
-        .with_context(|| format!("read kubeconfig {}", flags.kubeconfig.display()))?;
+    let client = rkube_client::ClientConfig::from_kubeconfig(&kubeconfig)
+        .with_context(|| format!("read kubeconfig {}", kubeconfig.display()))?;
     let mut config = rkube_nodeagent::Config::new(client, node_name, flags.root_dir);
     config.insecure_registries = flags.insecure_registries;
     config.node_ip = flags.node_ip;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?
+        .block_on(run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
 
+async fn run(config: rkube_nodeagent::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let mut agent = tokio::spawn(rkube_nodeagent::run(config, shutdown.clone()));

@@ -1,30 +1,107 @@
 //! The built-in runtime: images from OCI registries into a content-addressed store
-//! ([`super::image`]). Sandboxes and containers are not wired yet: the pieces exist
-//! ([`super::rootfs`] mounts the overlay, [`super::container`] builds the OCI spec) but
-//! the libcontainer `shim` helper that would run them does not, so those methods answer
-//! [`Error::Unsupported`] instead of pretending to run anything.
+//! ([`super::image`]), pod sandboxes held by a `shim pause` process, and containers run
+//! by one `shim run` helper each (see [`crate::shim`]): the agent only prepares the
+//! bundle (overlay root from [`super::rootfs`], `config.json` from [`super::container`]),
+//! starts the helper with `std::process::Command` and from then on talks to it through
+//! the files of [`super::state`] and signals. libcontainer never runs in the agent.
+//!
+//! Layout under the root directory: `sandboxes/<id>/`, `containers/<id>/` (bundle and
+//! state), `logs/<sandbox>/<container>/<attempt>.log` and `lc/` (libcontainer's state).
+//! Cgroups are `/rkube/<container id>` in every hierarchy (v1) or in the unified one.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::libc;
+use nix::sys::signal::Signal;
+use sha2::{Digest, Sha256};
+
+use super::container::SandboxNamespaces;
 use super::image::ImageStore;
+use super::rootfs::Rootfs;
+use super::state::{
+    self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
+};
 use super::{
     ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Error, ImageRef, PullPolicy,
     Result, SandboxConfig, SandboxId, StopSignal,
 };
 
-const NAME: &str = "built-in";
+/// How long removal waits for a killed container's helper to record the exit.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
 
-/// Where the built-in runtime keeps its state and which registries it trusts over HTTP.
+/// Where the built-in runtime keeps its state, which registries it trusts over HTTP and
+/// which binary it re-executes as the `shim` helper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalRuntimeConfig {
     pub root_dir: PathBuf,
     pub insecure_registries: Vec<String>,
+    /// A binary that runs the helper when called as `<binary> shim <command>`: the agent
+    /// itself in production.
+    pub shim_binary: PathBuf,
+}
+
+/// A helper that reported a failure (its stderr), or a step around it that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("could not run {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shim {command} failed: {message}")]
+    Failed {
+        command: &'static str,
+        message: String,
+    },
+    #[error("the sandbox's pause process {pid} is gone")]
+    PauseGone { pid: i32 },
+    #[error("image {image:?} is not in the image store")]
+    ImageMissing { image: String },
+    #[error("i/o error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to signal process {pid}")]
+    Signal {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the blocking task was interrupted")]
+    Join(#[source] tokio::task::JoinError),
 }
 
 /// The built-in runtime.
 #[derive(Debug)]
 pub struct LocalRuntime {
     images: ImageStore,
+    root: PathBuf,
+    shim: PathBuf,
+}
+
+fn failed<'a, E: std::error::Error + Send + Sync + 'static>(
+    operation: &'static str,
+    id: &'a str,
+) -> impl FnOnce(E) -> Error + 'a {
+    move |source| Error::Failed {
+        operation,
+        id: id.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ShimError + '_ {
+    move |source| ShimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl LocalRuntime {
@@ -33,25 +110,194 @@ impl LocalRuntime {
     /// # Errors
     /// When the directories cannot be created.
     pub fn new(config: LocalRuntimeConfig) -> Result<Self> {
-        let images = ImageStore::open(config.root_dir.join("images"), config.insecure_registries)
-            .map_err(|source| Error::Failed {
-            operation: "open image store",
-            id: config.root_dir.display().to_string(),
-            source: Box::new(source),
-        })?;
-        Ok(LocalRuntime { images })
+        let root = config.root_dir.clone();
+        let images = ImageStore::open(root.join("images"), config.insecure_registries)
+            .map_err(failed("open image store", &root.display().to_string()))?;
+        for dir in ["sandboxes", "containers", "logs", "lc"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)
+                .map_err(io_error(&path))
+                .map_err(failed(
+                    "prepare runtime directory",
+                    &path.display().to_string(),
+                ))?;
+        }
+        Ok(LocalRuntime {
+            images,
+            root,
+            shim: config.shim_binary,
+        })
     }
 
     /// The image store.
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
+
+    /// The CRI-format log file of container `id` (whether or not it exists).
+    ///
+    /// # Errors
+    /// [`Error::ContainerNotFound`] when there is no such container.
+    pub fn log_path(&self, id: &ContainerId) -> Result<PathBuf> {
+        Ok(self.container_meta(id)?.log_path)
+    }
+
+    fn sandbox_paths(&self, id: &SandboxId) -> SandboxPaths {
+        SandboxPaths {
+            dir: self.root.join("sandboxes").join(&id.0),
+        }
+    }
+
+    fn container_paths(&self, id: &ContainerId) -> ContainerPaths {
+        ContainerPaths {
+            dir: self.root.join("containers").join(&id.0),
+        }
+    }
+
+    fn libcontainer_root(&self) -> PathBuf {
+        self.root.join("lc")
+    }
+
+    fn container_meta(&self, id: &ContainerId) -> Result<ContainerMeta> {
+        let paths = self.container_paths(id);
+        state::read_json::<ContainerMeta>(&paths.meta())
+            .map_err(failed("read container state", &id.0))?
+            .ok_or_else(|| Error::ContainerNotFound { id: id.0.clone() })
+    }
+
+    /// Runs `<shim> shim <command> <args>` and waits for its launcher, which returns once
+    /// the helper is ready.
+    async fn shim(&self, command: &'static str, args: Vec<&OsStr>) -> Result<(), ShimError> {
+        let mut cmd = Command::new(&self.shim);
+        cmd.arg("shim")
+            .arg(command)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let binary = self.shim.clone();
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(ShimError::Join)?
+            .map_err(|source| ShimError::Spawn { binary, source })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        Err(ShimError::Failed {
+            command,
+            message: if message.is_empty() {
+                output.status.to_string()
+            } else {
+                message
+            },
+        })
+    }
+
+    async fn wait_for_exit(&self, paths: &ContainerPaths) -> Result<Option<Exited>, state::Error> {
+        let deadline = Instant::now() + EXIT_WAIT;
+        loop {
+            let exited = state::read_json::<Exited>(&paths.exited())?;
+            if exited.is_some() || Instant::now() >= deadline {
+                return Ok(exited);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
-fn unsupported(operation: &'static str) -> Error {
-    Error::Unsupported {
-        runtime: NAME,
-        operation,
+/// A file-name and libcontainer-safe id: letters, digits, `-`, `.` and `_` only.
+fn sanitize(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' | '_' => c,
+            _ => '-',
+        })
+        .collect()
+}
+
+/// The sandbox id: a short hash of the pod's identity (libcontainer's notify socket
+/// path must stay under 108 bytes) after a readable prefix.
+fn sandbox_id(config: &SandboxConfig) -> SandboxId {
+    let digest = Sha256::digest(format!(
+        "{}/{}/{}",
+        config.namespace, config.name, config.pod_uid
+    ));
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    SandboxId(format!("{}-{hex}", sanitize(&config.name, 20)))
+}
+
+/// The container id: sandbox, container name and attempt.
+fn container_id(sandbox: &SandboxId, config: &ContainerConfig) -> ContainerId {
+    ContainerId(format!(
+        "{}_{}_{}",
+        sandbox.0,
+        sanitize(&config.name, 20),
+        config.attempt
+    ))
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A pidfd for `pid`; `None` when there is no such process.
+#[allow(unsafe_code)]
+fn pidfd_open(pid: i32) -> Result<Option<OwnedFd>, ShimError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(None);
+        }
+        return Err(ShimError::Signal { pid, source: err });
+    }
+    let fd = i32::try_from(fd).map_err(|_| ShimError::Signal {
+        pid,
+        source: std::io::Error::other("pidfd out of range"),
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Sends `signal` through `pidfd`; a process that already exited is not an error.
+#[allow(unsafe_code)]
+fn pidfd_send_signal(pidfd: &OwnedFd, pid: i32, signal: Signal) -> Result<(), ShimError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a valid signal, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(ShimError::Signal { pid, source: err });
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir(path: &Path) -> Result<(), ShimError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_error(path)(source)),
     }
 }
 
@@ -60,35 +306,358 @@ impl ContainerRuntime for LocalRuntime {
         self.images.ensure(image, policy).await
     }
 
-    async fn create_sandbox(&self, _config: &SandboxConfig) -> Result<SandboxId> {
-        Err(unsupported("create_sandbox"))
+    async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
+        let id = sandbox_id(config);
+        let paths = self.sandbox_paths(&id);
+        if let Ok(Some(pid)) = state::read_pid(&paths.pid()) {
+            if alive(pid) {
+                return Ok(id);
+            }
+        }
+        // A sandbox whose pause process is gone is started afresh.
+        remove_dir(&paths.dir).map_err(failed("create sandbox", &id.0))?;
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(io_error(&paths.dir))
+            .map_err(failed("create sandbox", &id.0))?;
+        state::write_json(
+            &paths.meta(),
+            &SandboxMeta {
+                hostname: config.hostname.clone(),
+            },
+        )
+        .map_err(failed("create sandbox", &id.0))?;
+        let args = vec![
+            OsStr::new("--dir"),
+            paths.dir.as_os_str(),
+            OsStr::new("--hostname"),
+            OsStr::new(&config.hostname),
+        ];
+        if let Err(err) = self.shim("pause", args).await {
+            let _ = remove_dir(&paths.dir);
+            return Err(failed("create sandbox", &id.0)(err));
+        }
+        Ok(id)
     }
 
-    async fn remove_sandbox(&self, _id: &SandboxId) -> Result<()> {
-        Err(unsupported("remove_sandbox"))
+    async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
+        let paths = self.sandbox_paths(id);
+        if let Some(pid) = state::read_pid(&paths.pid()).map_err(failed("remove sandbox", &id.0))? {
+            if let Some(pidfd) = pidfd_open(pid).map_err(failed("remove sandbox", &id.0))? {
+                pidfd_send_signal(&pidfd, pid, Signal::SIGKILL)
+                    .map_err(failed("remove sandbox", &id.0))?;
+            }
+        }
+        remove_dir(&self.root.join("logs").join(&id.0)).map_err(failed("remove sandbox", &id.0))?;
+        remove_dir(&paths.dir).map_err(failed("remove sandbox", &id.0))
     }
 
     async fn create_container(
         &self,
-        _sandbox: &SandboxId,
-        _config: &ContainerConfig,
+        sandbox: &SandboxId,
+        config: &ContainerConfig,
     ) -> Result<ContainerId> {
-        Err(unsupported("create_container"))
+        let id = container_id(sandbox, config);
+        let sandbox_paths = self.sandbox_paths(sandbox);
+        let pid = state::read_pid(&sandbox_paths.pid())
+            .map_err(failed("create container", &id.0))?
+            .ok_or_else(|| Error::SandboxNotFound {
+                id: sandbox.0.clone(),
+            })?;
+        if !alive(pid) {
+            return Err(failed("create container", &id.0)(ShimError::PauseGone {
+                pid,
+            }));
+        }
+        let hostname = state::read_json::<SandboxMeta>(&sandbox_paths.meta())
+            .map_err(failed("create container", &id.0))?
+            .map(|meta| meta.hostname)
+            .unwrap_or_default();
+        let record = self
+            .images
+            .get(&config.image.image)
+            .map_err(failed("create container", &id.0))?
+            .ok_or_else(|| {
+                failed("create container", &id.0)(ShimError::ImageMissing {
+                    image: config.image.image.clone(),
+                })
+            })?;
+        // A leftover of an earlier, failed attempt with the same id goes first.
+        if self.container_paths(&id).dir.exists() {
+            self.remove_container(&id).await?;
+        }
+        let paths = self.container_paths(&id);
+        let rootfs = Rootfs::under(&paths.dir);
+        let namespaces = SandboxNamespaces {
+            network: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+            ipc: Some(PathBuf::from(format!("/proc/{pid}/ns/ipc"))),
+            uts: Some(PathBuf::from(format!("/proc/{pid}/ns/uts"))),
+        };
+        let mut spec = super::container::oci_spec(
+            config,
+            &record.config,
+            &rootfs.merged,
+            &hostname,
+            &namespaces,
+        )
+        .map_err(failed("create container", &id.0))?;
+        let cgroup_path = PathBuf::from(format!("/rkube/{}", id.0));
+        if let Some(linux) = spec.linux_mut().as_mut() {
+            linux.set_cgroups_path(Some(cgroup_path.clone()));
+        }
+        let log_path = self
+            .root
+            .join("logs")
+            .join(&sandbox.0)
+            .join(sanitize(&config.name, 63))
+            .join(format!("{}.log", config.attempt));
+        let meta = ContainerMeta {
+            sandbox: sandbox.0.clone(),
+            name: config.name.clone(),
+            log_path,
+            cgroup_path,
+        };
+        let layers: Vec<PathBuf> = record
+            .layers
+            .iter()
+            .map(|digest| self.images.layer_dir(digest))
+            .collect();
+        let task_id = id.0.clone();
+        let prepared = tokio::task::spawn_blocking(move || -> Result<()> {
+            if let Some(parent) = meta.log_path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io_error(parent))
+                    .map_err(failed("create log directory", &task_id))?;
+            }
+            rootfs
+                .mount(&layers)
+                .map_err(failed("mount root filesystem", &task_id))?;
+            spec.save(paths.config())
+                .map_err(failed("write OCI config", &task_id))?;
+            state::write_json(&paths.meta(), &meta)
+                .map_err(failed("write container state", &task_id))
+        })
+        .await
+        .map_err(ShimError::Join)
+        .map_err(failed("create container", &id.0))?;
+        if let Err(err) = prepared {
+            let _ = Rootfs::under(&self.container_paths(&id).dir).remove();
+            let _ = remove_dir(&self.container_paths(&id).dir);
+            return Err(err);
+        }
+        Ok(id)
     }
 
-    async fn start_container(&self, _id: &ContainerId) -> Result<()> {
-        Err(unsupported("start_container"))
+    async fn start_container(&self, id: &ContainerId) -> Result<()> {
+        let meta = self.container_meta(id)?;
+        let paths = self.container_paths(id);
+        if paths.started().exists() {
+            return Ok(());
+        }
+        let root = self.libcontainer_root();
+        let args = vec![
+            OsStr::new("--id"),
+            OsStr::new(&id.0),
+            OsStr::new("--bundle"),
+            paths.dir.as_os_str(),
+            OsStr::new("--root"),
+            root.as_os_str(),
+            OsStr::new("--log"),
+            meta.log_path.as_os_str(),
+            OsStr::new("--cgroup"),
+            meta.cgroup_path.as_os_str(),
+        ];
+        self.shim("run", args)
+            .await
+            .map_err(failed("start container", &id.0))
     }
 
-    async fn kill_container(&self, _id: &ContainerId, _signal: StopSignal) -> Result<()> {
-        Err(unsupported("kill_container"))
+    async fn kill_container(&self, id: &ContainerId, signal: StopSignal) -> Result<()> {
+        let paths = self.container_paths(id);
+        if !paths.meta().exists() {
+            return Err(Error::ContainerNotFound { id: id.0.clone() });
+        }
+        if paths.exited().exists() {
+            return Ok(());
+        }
+        let Some(pid) = state::read_pid(&paths.pid()).map_err(failed("kill container", &id.0))?
+        else {
+            // Never started: nothing runs.
+            return Ok(());
+        };
+        let Some(pidfd) = pidfd_open(pid).map_err(failed("kill container", &id.0))? else {
+            return Ok(());
+        };
+        // The helper records the exit before it reaps the process, so while there is no
+        // record the pidfd is the container's process and not a reused pid.
+        if paths.exited().exists() {
+            return Ok(());
+        }
+        let signal = match signal {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Kill => Signal::SIGKILL,
+        };
+        pidfd_send_signal(&pidfd, pid, signal).map_err(failed("kill container", &id.0))
     }
 
-    async fn remove_container(&self, _id: &ContainerId) -> Result<()> {
-        Err(unsupported("remove_container"))
+    async fn remove_container(&self, id: &ContainerId) -> Result<()> {
+        let paths = self.container_paths(id);
+        if !paths.dir.exists() {
+            return Ok(());
+        }
+        let meta = state::read_json::<ContainerMeta>(&paths.meta())
+            .map_err(failed("remove container", &id.0))?;
+        if paths.pid().exists() && !paths.exited().exists() {
+            self.kill_container(id, StopSignal::Kill).await?;
+            self.wait_for_exit(&paths)
+                .await
+                .map_err(failed("remove container", &id.0))?;
+        }
+        // The helper deletes libcontainer's state after recording the exit; wait for it
+        // to finish, and clean up after it when it died first.
+        if let Some(shim) =
+            state::read_pid(&paths.shim_pid()).map_err(failed("remove container", &id.0))?
+        {
+            let deadline = Instant::now() + EXIT_WAIT;
+            while alive(shim) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let root = self.libcontainer_root();
+        if root.join(&id.0).exists() {
+            let args = vec![
+                OsStr::new("--id"),
+                OsStr::new(&id.0),
+                OsStr::new("--root"),
+                root.as_os_str(),
+            ];
+            self.shim("delete", args)
+                .await
+                .map_err(failed("remove container", &id.0))?;
+        }
+        let dir = paths.dir.clone();
+        let log = meta.map(|m| m.log_path);
+        tokio::task::spawn_blocking(
+            move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                Rootfs::under(&dir).remove()?;
+                if let Some(log) = log {
+                    match std::fs::remove_file(&log) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(io_error(&log)(source).into()),
+                    }
+                }
+                Ok(remove_dir(&dir)?)
+            },
+        )
+        .await
+        .map_err(ShimError::Join)
+        .map_err(failed("remove container", &id.0))?
+        .map_err(|source| Error::Failed {
+            operation: "remove container",
+            id: id.0.clone(),
+            source,
+        })
     }
 
-    async fn container_status(&self, _id: &ContainerId) -> Result<ContainerState> {
-        Err(unsupported("container_status"))
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerState> {
+        self.container_meta(id)?;
+        let paths = self.container_paths(id);
+        let started = state::read_json::<Started>(&paths.started())
+            .map_err(failed("read container state", &id.0))?;
+        let mut exited = state::read_json::<Exited>(&paths.exited())
+            .map_err(failed("read container state", &id.0))?;
+        if exited.is_none() {
+            let Some(started) = started.as_ref() else {
+                return Ok(ContainerState::Created);
+            };
+            if alive(started.pid) {
+                return Ok(ContainerState::Running {
+                    started_at: started.started_at,
+                });
+            }
+            exited = state::read_json::<Exited>(&paths.exited())
+                .map_err(failed("read container state", &id.0))?;
+            let helper = state::read_pid(&paths.shim_pid())
+                .map_err(failed("read container state", &id.0))?;
+            if exited.is_none() && helper.is_some_and(alive) {
+                // Exited a moment ago; the helper is about to record it.
+                return Ok(ContainerState::Running {
+                    started_at: started.started_at,
+                });
+            }
+            if exited.is_none() {
+                // The helper died without recording the exit: the container is lost.
+                return Ok(ContainerState::Exited {
+                    exit_code: 137,
+                    reason: "ContainerStatusUnknown".into(),
+                    started_at: Some(started.started_at),
+                    finished_at: k8s_openapi::chrono::Utc::now(),
+                });
+            }
+        }
+        let exited = exited.expect("checked above");
+        Ok(ContainerState::Exited {
+            exit_code: exited.exit_code,
+            reason: if exited.oom_killed {
+                "OOMKilled".into()
+            } else {
+                ContainerState::exit_reason(exited.exit_code).into()
+            },
+            started_at: started.map(|s| s.started_at),
+            finished_at: exited.finished_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ImageRef, Resources};
+    use super::*;
+
+    fn container(name: &str, attempt: u32) -> ContainerConfig {
+        ContainerConfig {
+            name: name.into(),
+            image: ImageRef {
+                image: "busybox".into(),
+                image_id: "busybox@sha256:x".into(),
+            },
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            run_as_user: None,
+            run_as_group: None,
+            read_only_root_filesystem: false,
+            resources: Resources::default(),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn ids_are_short_safe_and_unique_per_pod_and_attempt() {
+        let pod = |uid: &str| SandboxConfig {
+            pod_uid: uid.into(),
+            namespace: "default".into(),
+            name: "a-very-long-pod-name-that-goes-on-and-on".into(),
+            hostname: "h".into(),
+        };
+        let first = sandbox_id(&pod("uid-1"));
+        assert_ne!(first, sandbox_id(&pod("uid-2")));
+        assert_eq!(first, sandbox_id(&pod("uid-1")));
+        let c0 = container_id(&first, &container("app", 0));
+        let c1 = container_id(&first, &container("app", 1));
+        assert_ne!(c0, c1);
+        assert!(c1.0.len() <= 60, "{}", c1.0);
+        assert!(c1
+            .0
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)));
+        assert_eq!(sanitize("a/b c", 10), "a-b-c");
+    }
+
+    #[test]
+    fn liveness_sees_this_process_and_not_a_free_pid() {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(i32::MAX));
     }
 }

@@ -3,8 +3,9 @@
 //! runtime) and [`fake::FakeRuntime`] (a recording fake for tests).
 //!
 //! The built-in runtime's parts: [`image`] (pull, verify, content-addressed layer store),
-//! [`layer`] (tar unpacking with overlay whiteouts), [`rootfs`] (the overlay mount) and
-//! [`container`] (the OCI spec of a container).
+//! [`layer`] (tar unpacking with overlay whiteouts), [`rootfs`] (the overlay mount),
+//! [`container`] (the OCI spec of a container) and [`state`] (the files through which
+//! the agent and its [`crate::shim`] helpers talk).
 
 use std::future::Future;
 
@@ -16,6 +17,7 @@ pub mod image;
 pub mod layer;
 pub mod local;
 pub mod rootfs;
+pub mod state;
 
 pub use local::{LocalRuntime, LocalRuntimeConfig};
 

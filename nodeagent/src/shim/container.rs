@@ -1,0 +1,298 @@
+//! `shim run`: creates and starts one container with libcontainer from its OCI bundle
+//! (the container's state directory), stays the parent of its init process, copies its
+//! stdout and stderr into a CRI-format log, records when it started and how it exited
+//! (exit code, OOM kill) in the state files, and finally deletes libcontainer's state
+//! and the container's cgroups.
+//!
+//! `shim delete` deletes what libcontainer left behind when a helper died before it
+//! could clean up.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::chrono::Utc;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::log::{CriLog, Stream};
+use super::{detach, io, sys, Error, Result};
+use crate::runtime::state::{self, ContainerPaths, Exited, Started};
+
+/// Arguments of `shim run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The container id (libcontainer's rules: letters, digits, `_+-.`).
+    #[arg(long)]
+    pub id: String,
+    /// The OCI bundle, which is also the container's state directory.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The CRI-format log file.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// The container's cgroup path, relative to each hierarchy's root.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+}
+
+/// Arguments of `shim delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    #[arg(long)]
+    pub id: String,
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+}
+
+/// Runs the container to its end; the launcher returns as soon as it started.
+///
+/// # Errors
+/// When the container cannot be created or started, or its exit cannot be recorded.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let paths = ContainerPaths {
+        dir: args.bundle.clone(),
+    };
+    let ready = detach(&paths.shim_log())?;
+    let started = match start(args, &paths) {
+        Ok(started) => started,
+        Err(err) => {
+            ready.fail(&err);
+            return Err(err);
+        }
+    };
+    ready.ok();
+    let (mut container, stdout, stderr) = started;
+    let pid = container
+        .pid()
+        .map(|pid| Pid::from_raw(pid.as_raw()))
+        .ok_or(Error::Sys {
+            operation: "find the container's process",
+            source: nix::Error::ESRCH,
+        })?;
+    let status = copy_output(&args.log, pid, stdout, stderr)?;
+    let exit_code = match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        _ => 255,
+    };
+    let exited = Exited {
+        exit_code,
+        oom_killed: oom_kills(&args.cgroup) > 0,
+        finished_at: Utc::now(),
+    };
+    state::write_json(&paths.exited(), &exited)?;
+    // Reaped only now: until the record exists the pid cannot be reused, so the agent
+    // never signals a stranger.
+    nix::sys::wait::waitpid(Some(pid), None).map_err(sys("reap the container"))?;
+    container
+        .delete(true)
+        .map_err(|source| Error::Libcontainer {
+            operation: "delete",
+            id: args.id.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// Creates and starts the container with its output on two pipes; records its pid.
+fn start(args: &RunArgs, paths: &ContainerPaths) -> Result<(Container, OwnedFd, OwnedFd)> {
+    state::write_pid(&paths.shim_pid(), std::process::id() as i32)?;
+    let (stdout, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+    let (stderr, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+    let null = File::open("/dev/null").map_err(io(Path::new("/dev/null")))?;
+    let libcontainer = |operation| {
+        move |source| Error::Libcontainer {
+            operation,
+            id: args.id.clone(),
+            source: Box::new(source),
+        }
+    };
+    let mut container = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.root)
+        .map_err(libcontainer("set the state root of"))?
+        .with_stdin(null)
+        .with_stdout(stdout_w)
+        .with_stderr(stderr_w)
+        .as_init(&args.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(libcontainer("create"))?;
+    container.start().map_err(libcontainer("start"))?;
+    let pid = container.pid().ok_or(Error::Sys {
+        operation: "find the container's process",
+        source: nix::Error::ESRCH,
+    })?;
+    state::write_json(
+        &paths.started(),
+        &Started {
+            pid: pid.as_raw(),
+            started_at: Utc::now(),
+        },
+    )?;
+    state::write_pid(&paths.pid(), pid.as_raw())?;
+    Ok((container, stdout, stderr))
+}
+
+/// Copies the container's output into the log until its init process exits, then what
+/// is left in the pipes; returns how it exited (without reaping it).
+fn copy_output(log: &Path, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Result<WaitStatus> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(log))?;
+    let mut log_writer = CriLog::new(std::io::BufWriter::new(file));
+    let mut pipes = [
+        (Stream::Stdout, Some(File::from(stdout))),
+        (Stream::Stderr, Some(File::from(stderr))),
+    ];
+    let mut buf = vec![0u8; 32 * 1024];
+    let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    let status = loop {
+        let open: Vec<usize> = (0..2).filter(|i| pipes[*i].1.is_some()).collect();
+        if open.is_empty() {
+            // Both streams closed: just wait for the exit.
+            break nix::sys::wait::waitid(Id::Pid(pid), exited)
+                .map_err(sys("wait for the container"))?;
+        }
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .filter_map(|i| pipes[*i].1.as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(source) => return Err(sys("poll the container's output")(source)),
+        }
+        let readable: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (index, ready) in open.iter().zip(readable) {
+            if ready {
+                read_once(&mut pipes[*index], &mut buf, &mut log_writer, log)?;
+            }
+        }
+        match nix::sys::wait::waitid(Id::Pid(pid), exited | WaitPidFlag::WNOHANG) {
+            Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
+            Ok(status) => break status,
+            Err(source) => return Err(sys("wait for the container")(source)),
+        }
+    };
+    // Whatever is still buffered in the pipes; processes the container left behind may
+    // hold them open, so read without blocking.
+    for pipe in &mut pipes {
+        if let Some(file) = &pipe.1 {
+            nix::fcntl::fcntl(file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .map_err(sys("drain the container's output"))?;
+        }
+        while pipe.1.is_some() {
+            if !read_once(pipe, &mut buf, &mut log_writer, log)? {
+                break;
+            }
+        }
+    }
+    log_writer.finish(Utc::now()).map_err(io(log))?;
+    Ok(status)
+}
+
+/// Reads once from `pipe` into the log; false when nothing more is to be had now.
+fn read_once<W: std::io::Write>(
+    pipe: &mut (Stream, Option<File>),
+    buf: &mut [u8],
+    log_writer: &mut CriLog<W>,
+    log: &Path,
+) -> Result<bool> {
+    let Some(file) = pipe.1.as_mut() else {
+        return Ok(false);
+    };
+    match file.read(buf) {
+        Ok(0) => {
+            pipe.1 = None;
+            Ok(false)
+        }
+        Ok(n) => {
+            log_writer
+                .write(pipe.0, &buf[..n], Utc::now())
+                .map_err(io(log))?;
+            Ok(true)
+        }
+        Err(err) if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::Interrupted => {
+            Ok(false)
+        }
+        Err(source) => Err(io(log)(source)),
+    }
+}
+
+/// How often the OOM killer struck in the container's memory cgroup (0 when unknown):
+/// `oom_kill` of `memory.events` on cgroup v2, of `memory.oom_control` on v1.
+fn oom_kills(cgroup: &Path) -> u64 {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let file = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Path::new("/sys/fs/cgroup")
+            .join(relative)
+            .join("memory.events")
+    } else {
+        Path::new("/sys/fs/cgroup/memory")
+            .join(relative)
+            .join("memory.oom_control")
+    };
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| oom_kill_count(&text))
+        .unwrap_or(0)
+}
+
+/// The `oom_kill N` entry of a cgroup memory events file.
+fn oom_kill_count(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| match line.split_once(' ') {
+        Some(("oom_kill", n)) => n.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// Deletes libcontainer's state and cgroups of a container whose helper is gone.
+///
+/// # Errors
+/// When libcontainer cannot load or delete the container.
+pub fn delete(args: &DeleteArgs) -> Result<()> {
+    let dir = args.root.join(&args.id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let libcontainer = |operation| {
+        move |source| Error::Libcontainer {
+            operation,
+            id: args.id.clone(),
+            source: Box::new(source),
+        }
+    };
+    let mut container = Container::load(dir).map_err(libcontainer("load"))?;
+    container.delete(true).map_err(libcontainer("delete"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_count_reads_v1_and_v2_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), Some(2));
+        assert_eq!(oom_kill_count(v2), Some(1));
+        assert_eq!(oom_kill_count("oom 3\n"), None);
+    }
+}
