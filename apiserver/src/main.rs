@@ -2,6 +2,11 @@
 //! SIGTERM.
 
 use clap::Parser;
+
+/// The apiserver allocates and frees many small JSON values per request; mimalloc keeps
+/// that off the kernel (glibc's arenas grow and shrink with mprotect under load).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

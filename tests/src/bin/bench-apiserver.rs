@@ -16,6 +16,10 @@ use rkube_tests::{Etcd, TestApiserver};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+/// The same allocator as the `rkube-apiserver` binary, which this benchmark runs in-process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PODS: usize = 10_000;
 const CONCURRENCY: usize = 64;
 const WATCHERS: usize = 1_000;
