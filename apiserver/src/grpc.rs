@@ -3,7 +3,7 @@
 //! REST API serves; errors carry the Kubernetes `Status` as JSON in the details.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use futures::Stream;
 use serde_json::Value;
@@ -28,16 +28,15 @@ pub struct GrpcApi {
 }
 
 impl GrpcApi {
-    /// Asks the authorizer, as REST requests do.
-    fn check<T>(
+    /// Looks the request's resource up and asks the authorizer, as REST requests do.
+    fn admit<T: Addressed>(
         &self,
         req: &Request<T>,
         verb: &str,
-        r: &Resource,
-        namespace: &str,
-        name: &str,
         sub: &str,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<&'static Resource, tonic::Status> {
+        let target = req.get_ref();
+        let r = lookup(target.resource_ref())?;
         let anonymous = UserInfo::anonymous();
         let user = req.extensions().get::<UserInfo>().unwrap_or(&anonymous);
         let attrs = RequestAttributes {
@@ -45,11 +44,12 @@ impl GrpcApi {
             group: r.group.into(),
             resource: r.plural.into(),
             subresource: sub.into(),
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: target.namespace().into(),
+            name: target.name().into(),
             path: String::new(),
         };
-        crate::rest::authorize(self.authorizer.as_ref(), user, &attrs).map_err(grpc_err)
+        crate::rest::authorize(self.authorizer.as_ref(), user, &attrs).map_err(grpc_err)?;
+        Ok(r)
     }
 }
 
@@ -128,20 +128,69 @@ fn list_options(
     })
 }
 
+/// What a request names: resource, namespace and object.
+trait Addressed {
+    fn resource_ref(&self) -> Option<&ResourceRef>;
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! addressed {
+    ($($t:ty => $name:ident),* $(,)?) => {$(
+        impl Addressed for $t {
+            fn resource_ref(&self) -> Option<&ResourceRef> {
+                self.resource.as_ref()
+            }
+            fn namespace(&self) -> &str {
+                &self.namespace
+            }
+            addressed!(@name $name);
+        }
+    )*};
+    (@name named) => {
+        fn name(&self) -> &str {
+            &self.name
+        }
+    };
+    (@name collection) => {};
+}
+
+addressed!(
+    GetRequest => named,
+    ListRequest => collection,
+    WatchRequest => collection,
+    CreateRequest => collection,
+    UpdateRequest => named,
+    DeleteRequest => named,
+);
+
+/// Pod bindings name the pod; the resource is implied.
+static PODS: LazyLock<ResourceRef> = LazyLock::new(|| ResourceRef {
+    group: String::new(),
+    version: "v1".into(),
+    resource: "pods".into(),
+});
+
+impl Addressed for BindRequest {
+    fn resource_ref(&self) -> Option<&ResourceRef> {
+        Some(&PODS)
+    }
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Resources for GrpcApi {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Object>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(
-            &req,
-            "get",
-            r,
-            &req.get_ref().namespace,
-            &req.get_ref().name,
-            "",
-        )?;
+        let r = self.admit(&req, "get", "")?;
         let req = req.into_inner();
         let obj = self
             .registry
@@ -155,8 +204,7 @@ impl Resources for GrpcApi {
         &self,
         req: Request<ListRequest>,
     ) -> Result<Response<ListResponse>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(&req, "list", r, &req.get_ref().namespace, "", "")?;
+        let r = self.admit(&req, "list", "")?;
         let req = req.into_inner();
         let opts = list_options(
             r,
@@ -184,8 +232,7 @@ impl Resources for GrpcApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(&req, "watch", r, &req.get_ref().namespace, "", "")?;
+        let r = self.admit(&req, "watch", "")?;
         let req = req.into_inner();
         let opts = list_options(
             r,
@@ -229,8 +276,7 @@ impl Resources for GrpcApi {
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Object>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(&req, "create", r, &req.get_ref().namespace, "", "")?;
+        let r = self.admit(&req, "create", "")?;
         let req = req.into_inner();
         let body = parse_json(&req.object)?;
         let opts = WriteOptions::default();
@@ -243,15 +289,7 @@ impl Resources for GrpcApi {
     }
 
     async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<Object>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(
-            &req,
-            "update",
-            r,
-            &req.get_ref().namespace,
-            &req.get_ref().name,
-            "",
-        )?;
+        let r = self.admit(&req, "update", "")?;
         let req = req.into_inner();
         let body = parse_json(&req.object)?;
         let written = self
@@ -273,15 +311,7 @@ impl Resources for GrpcApi {
         &self,
         req: Request<UpdateRequest>,
     ) -> Result<Response<Object>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(
-            &req,
-            "update",
-            r,
-            &req.get_ref().namespace,
-            &req.get_ref().name,
-            "status",
-        )?;
+        let r = self.admit(&req, "update", "status")?;
         let req = req.into_inner();
         if !r.has(Subresource::Status) {
             return Err(to_grpc(&Status::path_not_found()));
@@ -303,15 +333,7 @@ impl Resources for GrpcApi {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Object>, tonic::Status> {
-        let r = lookup(req.get_ref().resource.as_ref())?;
-        self.check(
-            &req,
-            "delete",
-            r,
-            &req.get_ref().namespace,
-            &req.get_ref().name,
-            "",
-        )?;
+        let r = self.admit(&req, "delete", "")?;
         let req = req.into_inner();
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
@@ -333,15 +355,7 @@ impl Resources for GrpcApi {
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<Object>, tonic::Status> {
-        let pods = rkube_api::resource::find("", "v1", "pods").expect("pods are in the table");
-        self.check(
-            &req,
-            "create",
-            pods,
-            &req.get_ref().namespace,
-            &req.get_ref().name,
-            "binding",
-        )?;
+        self.admit(&req, "create", "binding")?;
         let req = req.into_inner();
         let binding = parse_json(&req.binding)?;
         let pod = self
