@@ -24,7 +24,7 @@ pub struct Config {
     pub client: ClientConfig,
     /// Name of this node's Node object.
     pub node_name: String,
-    /// State directory: images, containers, logs.
+    /// State directory: images, containers, logs, pod volumes.
     pub root_dir: PathBuf,
     /// Registries (host:port) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
@@ -120,6 +120,7 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
         config.node_name.clone(),
         machine.internal_ip,
         config.pod_resync_interval,
+        config.root_dir.join("pods"),
     );
     let token = shutdown.clone();
     tasks.spawn(

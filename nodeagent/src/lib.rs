@@ -8,7 +8,8 @@
 //! - [`lease`]: the node Lease in `kube-node-lease`, renewed every few seconds;
 //! - [`pod_workers`]: watches the pods bound to the node and runs one [`pod_worker`] per
 //!   pod; the worker drives a [`runtime::ContainerRuntime`] (restart policy,
-//!   [`backoff`], graceful deletion) and reports [`status`].
+//!   [`backoff`], graceful deletion) and reports [`status`]; [`volume`] lays out the
+//!   pod's volumes on the host.
 //!
 //! [`shim`] is the single-threaded helper the built-in runtime re-executes the agent
 //! binary as (`rkube-nodeagent shim …`) to run each container with libcontainer.
@@ -26,5 +27,6 @@ pub mod pod_workers;
 pub mod runtime;
 pub mod shim;
 pub mod status;
+pub mod volume;
 
 pub use agent::{run, Config};

@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, KeyToPath, Pod, PodSpec, PodStatus, Secret, Volume,
+};
 use k8s_openapi::chrono::Utc;
 use rkube_client::{api, Api, Client, DeleteParams};
 use tokio::sync::watch;
@@ -18,10 +21,11 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{CrashLoopBackOff, Decision};
 use crate::runtime::{
-    self, ContainerConfig, ContainerId, ContainerRuntime, ContainerState, PullPolicy, Resources,
-    SandboxConfig, SandboxId, StopSignal,
+    self, ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Mount, PullPolicy,
+    Resources, SandboxConfig, SandboxId, StopSignal,
 };
 use crate::status::{self, ContainerObservation, PodObservation, Waiting};
+use crate::volume::{self, FileContent};
 
 /// Grace period when neither the deletion nor the spec names one (Kubernetes' default).
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -43,6 +47,14 @@ pub enum Error {
         #[source]
         source: api::Error,
     },
+    #[error("failed to read {kind} {namespace}/{name}")]
+    Read {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: api::Error,
+    },
 }
 
 /// `Result` with this module's [`Error`].
@@ -59,6 +71,18 @@ pub trait PodApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Removes the pod object for good (grace period 0), once its containers are gone.
     fn delete(&self, pod: &Pod) -> impl Future<Output = Result<()>> + Send;
+    /// The ConfigMap `namespace/name`, `None` when it does not exist.
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConfigMap>>> + Send;
+    /// The Secret `namespace/name`, `None` when it does not exist.
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>>> + Send;
 }
 
 /// [`PodApi`] through the apiserver.
@@ -121,6 +145,48 @@ impl PodApi for ClientPodApi {
             }),
         }
     }
+
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>> {
+        read_optional(
+            Api::namespaced(self.client.clone(), namespace),
+            "ConfigMap",
+            namespace,
+            name,
+        )
+        .await
+    }
+
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>> {
+        read_optional(
+            Api::namespaced(self.client.clone(), namespace),
+            "Secret",
+            namespace,
+            name,
+        )
+        .await
+    }
+}
+
+/// Reads one object, `None` when it does not exist.
+async fn read_optional<K>(
+    api: Api<K>,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>>
+where
+    K: rkube_client::Object,
+{
+    match api.get(name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(err) if err.is_not_found() => Ok(None),
+        Err(source) => Err(Error::Read {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 /// The latest word on a pod, sent to its worker.
@@ -161,12 +227,24 @@ enum Next {
     Done,
 }
 
+/// A pod volume ready on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostVolume {
+    path: PathBuf,
+    /// configMap and secret volumes are always mounted read-only, as in Kubernetes.
+    read_only: bool,
+}
+
 /// The worker of one pod.
 pub struct PodWorker<R, A> {
     runtime: Arc<R>,
     api: Arc<A>,
     host_ip: IpAddr,
     resync: Duration,
+    /// Where pods' volumes live; this pod's are under `<pods_dir>/<uid>/volumes`.
+    pods_dir: PathBuf,
+    uid: String,
+    volumes: HashMap<String, HostVolume>,
     key: String,
     sandbox: Option<SandboxId>,
     containers: HashMap<String, Tracked>,
@@ -175,16 +253,31 @@ pub struct PodWorker<R, A> {
 }
 
 impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
-    pub fn new(runtime: Arc<R>, api: Arc<A>, host_ip: IpAddr, resync: Duration, pod: &Pod) -> Self {
+    pub fn new(
+        runtime: Arc<R>,
+        api: Arc<A>,
+        host_ip: IpAddr,
+        resync: Duration,
+        pods_dir: PathBuf,
+        pod: &Pod,
+    ) -> Self {
         PodWorker {
             runtime,
             api,
             host_ip,
             resync,
+            pods_dir,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            volumes: HashMap::new(),
             key: key(pod),
             sandbox: None,
             containers: HashMap::new(),
-            start_time: None,
+            // Continuous across agent restarts: the start time already reported stays.
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
             written: pod.status.clone(),
         }
     }
@@ -277,7 +370,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
     }
 
     /// Creates the sandbox, runs init containers one at a time, then the app containers.
-    async fn converge(&mut self, pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec) {
+    async fn converge(&mut self, pod: &Pod, spec: &PodSpec) {
         let sandbox = match &self.sandbox {
             Some(id) => id.clone(),
             None => {
@@ -295,6 +388,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                     Ok(id) => {
                         info!(pod = %self.key, sandbox = %id.0, "created sandbox");
                         self.sandbox = Some(id.clone());
+                        self.adopt(pod, &id).await;
                         id
                     }
                     Err(err) => {
@@ -304,6 +398,11 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 }
             }
         };
+        if let Err(message) = self.set_up_volumes(pod, spec).await {
+            // kubelet's FailedMount: the containers wait until the volumes can be made.
+            warn!(pod = %self.key, error = %message, "failed to set up volumes; retrying");
+            return;
+        }
         let policy = spec
             .restart_policy
             .as_deref()
@@ -416,8 +515,18 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         tracked.pull_backoff = CrashLoopBackOff::default();
         tracked.obs.image_id = Some(image_ref.image_id.clone());
 
-        let env = match container_env(pod, spec, self.host_ip) {
+        let env = match container_env(self.api.as_ref(), pod, spec, self.host_ip).await {
             Ok(env) => env,
+            Err(message) => {
+                tracked.obs.waiting = Some(Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(message),
+                });
+                return;
+            }
+        };
+        let mounts = match container_mounts(&self.volumes, spec).await {
+            Ok(mounts) => mounts,
             Err(message) => {
                 tracked.obs.waiting = Some(Waiting {
                     reason: "CreateContainerConfigError".into(),
@@ -445,6 +554,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
             resources: resources(spec),
+            mounts,
             attempt: tracked.attempts,
         };
         let id = match self.runtime.create_container(sandbox, &config).await {
@@ -495,8 +605,77 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         }
     }
 
+    /// Takes over the containers an earlier agent left in `sandbox` (restart safety):
+    /// per name the latest attempt becomes the current instance and the one before it
+    /// the previous, so that running containers keep running and the restart count goes
+    /// on. A fresh sandbox has none.
+    async fn adopt(&mut self, pod: &Pod, sandbox: &SandboxId) {
+        let found = match self.runtime.list_containers(sandbox).await {
+            Ok(found) => found,
+            Err(err) => {
+                warn!(pod = %self.key, error = %err, "failed to list existing containers");
+                return;
+            }
+        };
+        let spec = pod.spec.as_ref();
+        let specs: Vec<&Container> = spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .collect();
+        let reported = |name: &str| {
+            self.written
+                .as_ref()
+                .into_iter()
+                .flat_map(|s| {
+                    s.init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.container_statuses.iter().flatten())
+                })
+                .find(|c| c.name == name)
+                .cloned()
+        };
+        for container in specs {
+            if self.containers.contains_key(&container.name) {
+                continue;
+            }
+            let mut instances: Vec<&runtime::ContainerInfo> =
+                found.iter().filter(|c| c.name == container.name).collect();
+            instances.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+            let Some(latest) = instances.first() else {
+                continue;
+            };
+            let mut tracked = Tracked {
+                obs: ContainerObservation::new(container),
+                id: Some(latest.id.clone()),
+                previous_id: instances.get(1).map(|c| c.id.clone()),
+                attempts: latest.attempt + 1,
+                started: Some(Instant::now()),
+                ..Default::default()
+            };
+            tracked.obs.container_id = Some(latest.id.0.clone());
+            tracked.obs.restart_count = i32::try_from(latest.attempt).unwrap_or(i32::MAX);
+            tracked.obs.image_id = reported(&container.name)
+                .map(|c| c.image_id)
+                .filter(|id| !id.is_empty());
+            match self.runtime.container_status(&latest.id).await {
+                Ok(state) => tracked.obs.state = Some(state),
+                Err(err) => {
+                    warn!(pod = %self.key, container = %container.name, error = %err, "failed to read adopted container state")
+                }
+            }
+            if let Some(previous) = &tracked.previous_id {
+                if let Ok(state) = self.runtime.container_status(previous).await {
+                    tracked.obs.last_terminated = Some(state);
+                }
+            }
+            info!(pod = %self.key, container = %container.name, id = %latest.id.0, "found existing container");
+            self.containers.insert(container.name.clone(), tracked);
+        }
+    }
+
     /// Writes the status when it changed.
-    async fn report(&mut self, pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec) {
+    async fn report(&mut self, pod: &Pod, spec: &PodSpec) {
         let observe = |list: &[Container]| -> Vec<ContainerObservation> {
             list.iter()
                 .map(|c| {
@@ -588,7 +767,266 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 warn!(pod = %self.key, error = %err, "failed to remove sandbox");
             }
         }
+        self.volumes.clear();
+        let (pods_dir, uid) = (self.pods_dir.clone(), self.uid.clone());
+        let removed =
+            tokio::task::spawn_blocking(move || volume::tear_down_pod(&pods_dir, &uid)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(pod = %self.key, error = %err, "failed to remove volumes"),
+            Err(err) => warn!(pod = %self.key, error = %err, "volume removal task failed"),
+        }
     }
+
+    /// Makes every volume of the pod ready on the host; configMap and secret volumes are
+    /// rewritten when their object changed. Returns kubelet-style messages.
+    async fn set_up_volumes(
+        &mut self,
+        pod: &Pod,
+        spec: &PodSpec,
+    ) -> std::result::Result<(), String> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        for vol in spec.volumes.iter().flatten() {
+            let dir = volume::volume_dir(&self.pods_dir, &self.uid, &vol.name);
+            let plan = volume_plan(self.api.as_ref(), namespace, vol, dir).await?;
+            let (path, read_only) = match &plan {
+                Plan::EmptyDir { dir, .. } | Plan::Files { dir, .. } => {
+                    (dir.clone(), matches!(plan, Plan::Files { .. }))
+                }
+                Plan::HostPath { path, .. } => (path.clone(), false),
+            };
+            let ready = self.volumes.contains_key(&vol.name);
+            if ready && !matches!(plan, Plan::Files { .. }) {
+                continue;
+            }
+            let name = vol.name.clone();
+            tokio::task::spawn_blocking(move || plan.apply())
+                .await
+                .map_err(|err| format!("volume {name:?}: {err}"))?
+                .map_err(|err| {
+                    format!(
+                        "MountVolume.SetUp failed for volume {name:?} : {}",
+                        error_chain(&err)
+                    )
+                })?;
+            self.volumes
+                .insert(vol.name.clone(), HostVolume { path, read_only });
+        }
+        Ok(())
+    }
+}
+
+/// What to do on the host for one volume.
+#[derive(Debug)]
+enum Plan {
+    EmptyDir {
+        dir: PathBuf,
+        memory: bool,
+        size_limit: Option<u64>,
+    },
+    HostPath {
+        path: PathBuf,
+        typ: String,
+    },
+    Files {
+        dir: PathBuf,
+        files: Vec<FileContent>,
+    },
+}
+
+impl Plan {
+    fn apply(self) -> volume::Result<()> {
+        match self {
+            Plan::EmptyDir {
+                dir,
+                memory,
+                size_limit,
+            } => volume::set_up_empty_dir(&dir, memory, size_limit),
+            Plan::HostPath { path, typ } => volume::check_host_path(&path, &typ),
+            Plan::Files { dir, files } => volume::write_atomically(&dir, &files).map(|_| ()),
+        }
+    }
+}
+
+/// Reads what a volume needs (its ConfigMap or Secret) and says how to lay it out.
+async fn volume_plan<A: PodApi>(
+    api: &A,
+    namespace: &str,
+    vol: &Volume,
+    dir: PathBuf,
+) -> std::result::Result<Plan, String> {
+    if let Some(empty) = &vol.empty_dir {
+        let size_limit = empty.size_limit.as_ref().and_then(|q| {
+            rkube_api::validation::quantity::parse(&q.0)
+                .ok()
+                .map(|q| u64::try_from(q.milli_value() / 1000).unwrap_or(u64::MAX))
+        });
+        return Ok(Plan::EmptyDir {
+            dir,
+            memory: empty.medium.as_deref() == Some("Memory"),
+            size_limit,
+        });
+    }
+    if let Some(host) = &vol.host_path {
+        return Ok(Plan::HostPath {
+            path: PathBuf::from(&host.path),
+            typ: host.type_.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(source) = &vol.config_map {
+        let optional = source.optional.unwrap_or(false);
+        let data: std::collections::BTreeMap<String, Vec<u8>> = match api
+            .config_map(namespace, &source.name)
+            .await
+            .map_err(|e| error_chain(&e))?
+        {
+            Some(map) => map
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .chain(
+                    map.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                )
+                .collect(),
+            None if optional => Default::default(),
+            None => return Err(format!("configmap {:?} not found", source.name)),
+        };
+        let files = volume_files(
+            "configmap",
+            &data,
+            source.items.as_deref(),
+            source.default_mode,
+            optional,
+        )?;
+        return Ok(Plan::Files { dir, files });
+    }
+    if let Some(source) = &vol.secret {
+        let optional = source.optional.unwrap_or(false);
+        let name = source.secret_name.clone().unwrap_or_default();
+        let data: std::collections::BTreeMap<String, Vec<u8>> = match api
+            .secret(namespace, &name)
+            .await
+            .map_err(|e| error_chain(&e))?
+        {
+            Some(secret) => secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+            None if optional => Default::default(),
+            None => return Err(format!("secret {name:?} not found")),
+        };
+        let files = volume_files(
+            "secret",
+            &data,
+            source.items.as_deref(),
+            source.default_mode,
+            optional,
+        )?;
+        return Ok(Plan::Files { dir, files });
+    }
+    Err(format!(
+        "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported by this node agent yet",
+        vol.name
+    ))
+}
+
+/// The files of a configMap or secret volume: every key, or just the `items` at their
+/// paths; modes from the item, else `defaultMode`, else 0644.
+fn volume_files(
+    kind: &str,
+    data: &std::collections::BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: bool,
+) -> std::result::Result<Vec<FileContent>, String> {
+    let mode = |m: Option<i32>| {
+        m.or(default_mode)
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(volume::DEFAULT_MODE)
+    };
+    match items {
+        Some(items) if !items.is_empty() => {
+            let mut files = Vec::new();
+            for item in items {
+                match data.get(&item.key) {
+                    Some(bytes) => files.push(FileContent {
+                        path: item.path.clone(),
+                        data: bytes.clone(),
+                        mode: mode(item.mode),
+                    }),
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "{kind} references non-existent config key: {}",
+                            item.key
+                        ))
+                    }
+                }
+            }
+            Ok(files)
+        }
+        _ => Ok(data
+            .iter()
+            .map(|(key, bytes)| FileContent {
+                path: key.clone(),
+                data: bytes.clone(),
+                mode: mode(None),
+            })
+            .collect()),
+    }
+}
+
+/// The container's `volumeMounts` as bind mounts of the pod's host volumes; a missing
+/// `subPath` is made as a directory, as kubelet does.
+async fn container_mounts(
+    volumes: &HashMap<String, HostVolume>,
+    spec: &Container,
+) -> std::result::Result<Vec<Mount>, String> {
+    let mut mounts = Vec::new();
+    let mut sub_paths = Vec::new();
+    for m in spec.volume_mounts.iter().flatten() {
+        let Some(vol) = volumes.get(&m.name) else {
+            return Err(format!(
+                "cannot find volume {:?} to mount into container {:?}",
+                m.name, spec.name
+            ));
+        };
+        let host_path = match m.sub_path.as_deref().filter(|p| !p.is_empty()) {
+            Some(sub) => {
+                let rel = volume::checked_relative(sub).map_err(|e| e.to_string())?;
+                let path = vol.path.join(rel);
+                sub_paths.push(path.clone());
+                path
+            }
+            None => vol.path.clone(),
+        };
+        mounts.push(Mount {
+            host_path,
+            container_path: m.mount_path.clone(),
+            read_only: vol.read_only || m.read_only.unwrap_or(false),
+        });
+    }
+    if !sub_paths.is_empty() {
+        tokio::task::spawn_blocking(move || {
+            for path in sub_paths {
+                if std::fs::symlink_metadata(&path).is_err() {
+                    std::fs::create_dir_all(&path).map_err(|e| {
+                        format!("failed to create subPath directory {}: {e}", path.display())
+                    })?;
+                }
+            }
+            Ok::<(), String>(())
+        })
+        .await
+        .map_err(|e| format!("subPath task failed: {e}"))??;
+    }
+    Ok(mounts)
 }
 
 /// The grace period of a deleted pod: the deletion's, else the spec's, else 30 s.
@@ -623,17 +1061,64 @@ fn resources(spec: &Container) -> Resources {
     }
 }
 
-/// The container's environment: literal values and `fieldRef`s; the sources that need
-/// other objects (ConfigMaps, Secrets, resources) are refused with a message.
-fn container_env(
+/// The container's environment as kubelet builds it: first every `envFrom` source (keys
+/// that are not valid variable names are skipped, `prefix` prepended), then `env` in
+/// order (literal values, `fieldRef`, `configMapKeyRef`, `secretKeyRef`); a later
+/// variable replaces an earlier one of the same name in place.
+///
+/// A missing source or key that is not `optional` gives kubelet's message, reported as
+/// `CreateContainerConfigError`; the worker tries again on its next sync.
+async fn container_env<A: PodApi>(
+    api: &A,
     pod: &Pod,
     spec: &Container,
     host_ip: IpAddr,
 ) -> std::result::Result<Vec<(String, String)>, String> {
-    if spec.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err("envFrom is not supported by this node agent yet".into());
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, name: String, value: String| match env
+        .iter_mut()
+        .find(|(n, _)| *n == name)
+    {
+        Some(slot) => slot.1 = value,
+        None => env.push((name, value)),
+    };
+    for source in spec.env_from.iter().flatten() {
+        let prefix = source.prefix.as_deref().unwrap_or("");
+        let data = if let Some(reference) = &source.config_map_ref {
+            let optional = reference.optional.unwrap_or(false);
+            match api
+                .config_map(namespace, &reference.name)
+                .await
+                .map_err(|e| error_chain(&e))?
+            {
+                Some(map) => map.data.unwrap_or_default(),
+                None if optional => continue,
+                None => return Err(format!("configmap {:?} not found", reference.name)),
+            }
+        } else if let Some(reference) = &source.secret_ref {
+            let optional = reference.optional.unwrap_or(false);
+            match api
+                .secret(namespace, &reference.name)
+                .await
+                .map_err(|e| error_chain(&e))?
+            {
+                Some(secret) => secret_strings(&secret),
+                None if optional => continue,
+                None => return Err(format!("secret {:?} not found", reference.name)),
+            }
+        } else {
+            continue;
+        };
+        for (key, value) in data {
+            let name = format!("{prefix}{key}");
+            if is_env_var_name(&name) {
+                set(&mut env, name, value);
+            } else {
+                debug!(container = %spec.name, variable = %name, "skipping invalid environment variable name from envFrom");
+            }
+        }
     }
-    let mut env = Vec::new();
     for EnvVar {
         name,
         value,
@@ -642,21 +1127,97 @@ fn container_env(
     {
         let value = match (value, value_from) {
             (_, Some(source)) => {
-                let Some(field) = source.field_ref.as_ref() else {
+                if let Some(field) = &source.field_ref {
+                    field_value(pod, &field.field_path, host_ip).ok_or_else(|| {
+                        format!("env {name}: unsupported fieldPath {:?}", field.field_path)
+                    })?
+                } else if let Some(selector) = &source.config_map_key_ref {
+                    let optional = selector.optional.unwrap_or(false);
+                    let map = api
+                        .config_map(namespace, &selector.name)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    let Some(map) = map else {
+                        if optional {
+                            continue;
+                        }
+                        return Err(format!("configmap {:?} not found", selector.name));
+                    };
+                    match map.data.as_ref().and_then(|d| d.get(&selector.key)) {
+                        Some(value) => value.clone(),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {namespace}/{}",
+                                selector.key, selector.name
+                            ))
+                        }
+                    }
+                } else if let Some(selector) = &source.secret_key_ref {
+                    let optional = selector.optional.unwrap_or(false);
+                    let secret = api
+                        .secret(namespace, &selector.name)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    let Some(secret) = secret else {
+                        if optional {
+                            continue;
+                        }
+                        return Err(format!("secret {:?} not found", selector.name));
+                    };
+                    match secret.data.as_ref().and_then(|d| d.get(&selector.key)) {
+                        Some(value) => String::from_utf8_lossy(&value.0).into_owned(),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {namespace}/{}",
+                                selector.key, selector.name
+                            ))
+                        }
+                    }
+                } else {
                     return Err(format!(
-                        "env {name}: only value and valueFrom.fieldRef are supported by this node agent yet"
+                        "env {name}: valueFrom.resourceFieldRef is not supported by this node agent yet"
                     ));
-                };
-                field_value(pod, &field.field_path, host_ip).ok_or_else(|| {
-                    format!("env {name}: unsupported fieldPath {:?}", field.field_path)
-                })?
+                }
             }
             (Some(value), None) => value.clone(),
             (None, None) => String::new(),
         };
-        env.push((name.clone(), value));
+        set(&mut env, name.clone(), value);
     }
     Ok(env)
+}
+
+/// A Secret's data as strings (the bytes as they are; invalid UTF-8 replaced).
+fn secret_strings(secret: &Secret) -> std::collections::BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+/// Kubernetes' `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// An error with its sources, for a status message.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// The value of a downward-API `fieldPath`.
@@ -709,6 +1270,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct RecordingApi {
         writes: Mutex<Vec<Write>>,
+        config_maps: Mutex<HashMap<String, ConfigMap>>,
+        secrets: Mutex<HashMap<String, Secret>>,
     }
 
     impl RecordingApi {
@@ -740,6 +1303,57 @@ mod tests {
         async fn delete(&self, _pod: &Pod) -> Result<()> {
             self.writes.lock().push(Write::Delete);
             Ok(())
+        }
+
+        async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>> {
+            Ok(self
+                .config_maps
+                .lock()
+                .get(&format!("{namespace}/{name}"))
+                .cloned())
+        }
+
+        async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>> {
+            Ok(self
+                .secrets
+                .lock()
+                .get(&format!("{namespace}/{name}"))
+                .cloned())
+        }
+    }
+
+    impl RecordingApi {
+        fn add_config_map(&self, name: &str, data: &[(&str, &str)]) {
+            let map = ConfigMap {
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            self.config_maps
+                .lock()
+                .insert(format!("default/{name}"), map);
+        }
+
+        fn add_secret(&self, name: &str, data: &[(&str, &str)]) {
+            let secret = Secret {
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            self.secrets
+                .lock()
+                .insert(format!("default/{name}"), secret);
         }
     }
 
@@ -807,23 +1421,27 @@ mod tests {
         }
     }
 
+    /// A worker on the fake runtime; its pods directory lives as long as the `TempDir`.
     fn worker(
         pod: &TestPod,
     ) -> (
         PodWorker<FakeRuntime, RecordingApi>,
         Arc<FakeRuntime>,
         Arc<RecordingApi>,
+        tempfile::TempDir,
     ) {
         let runtime = Arc::new(FakeRuntime::new());
         let api = Arc::new(RecordingApi::default());
+        let pods = tempfile::tempdir().expect("pods dir");
         let worker = PodWorker::new(
             runtime.clone(),
             api.clone(),
             "10.0.0.5".parse().expect("ip"),
             Duration::from_secs(1),
+            pods.path().to_path_buf(),
             &pod.0,
         );
-        (worker, runtime, api)
+        (worker, runtime, api, pods)
     }
 
     fn image() -> String {
@@ -857,7 +1475,7 @@ mod tests {
             .init_container("init-a")
             .init_container("init-b")
             .container("app");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         runtime.set_behavior(
             "init-a",
             Behavior {
@@ -927,7 +1545,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn crashing_container_backs_off_ten_then_twenty_seconds() {
         let pod = TestPod::new("crash").container("app");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         runtime.set_behavior(
             "app",
             Behavior {
@@ -1010,7 +1628,7 @@ mod tests {
         ];
         for (policy, code, phase, starts) in cases {
             let pod = TestPod::new("job").container("app").restart_policy(policy);
-            let (mut worker, runtime, api) = worker(&pod);
+            let (mut worker, runtime, api, _pods) = worker(&pod);
             runtime.set_behavior(
                 "app",
                 Behavior {
@@ -1037,7 +1655,7 @@ mod tests {
             .init_container("init")
             .container("app")
             .restart_policy("Never");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         runtime.set_behavior(
             "init",
             Behavior {
@@ -1056,7 +1674,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failing_pull_reports_err_image_pull_then_back_off() {
         let pod = TestPod::new("img").container("app");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         runtime.fail_pull(&image(), "manifest unknown");
 
         worker.sync(&pod.update()).await;
@@ -1098,7 +1716,7 @@ mod tests {
         let pod = TestPod::new("slow")
             .container("stubborn")
             .container("polite");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         runtime.set_behavior(
             "stubborn",
             Behavior {
@@ -1139,7 +1757,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deletion_of_a_pod_that_stops_at_once_does_not_wait() {
         let pod = TestPod::new("quick").container("app");
-        let (mut worker, runtime, api) = worker(&pod);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
         worker.sync(&pod.update()).await;
         let started = Instant::now();
         worker.sync(&pod.deleting(30).update()).await;
@@ -1151,8 +1769,8 @@ mod tests {
         assert!(api.deleted());
     }
 
-    #[test]
-    fn resources_and_env_from_the_spec() {
+    #[tokio::test]
+    async fn resources_and_env_from_the_spec() {
         let mut c = container("app");
         c.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
             requests: Some(
@@ -1205,8 +1823,9 @@ mod tests {
         ]);
         let pod = TestPod::new("envy");
         let ip: IpAddr = "10.0.0.5".parse().expect("ip");
+        let api = RecordingApi::default();
         assert_eq!(
-            container_env(&pod.0, &c, ip),
+            container_env(&api, &pod.0, &c, ip).await,
             Ok(vec![
                 ("A".into(), "1".into()),
                 ("POD".into(), "envy".into())
@@ -1220,6 +1839,400 @@ mod tests {
                 ..Default::default()
             }),
         }]);
-        assert!(container_env(&pod.0, &c, ip).is_err());
+        assert_eq!(
+            container_env(&api, &pod.0, &c, ip).await,
+            Err("secret \"\" not found".to_string())
+        );
+    }
+
+    fn key_ref_env(name: &str, source: k8s_openapi::api::core::v1::EnvVarSource) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: None,
+            value_from: Some(source),
+        }
+    }
+
+    fn config_map_key(name: &str, key: &str, optional: Option<bool>) -> EnvVar {
+        key_ref_env(
+            &format!("CM_{}", key.to_uppercase()),
+            k8s_openapi::api::core::v1::EnvVarSource {
+                config_map_key_ref: Some(k8s_openapi::api::core::v1::ConfigMapKeySelector {
+                    name: name.into(),
+                    key: key.into(),
+                    optional,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn secret_key(name: &str, key: &str, optional: Option<bool>) -> EnvVar {
+        key_ref_env(
+            &format!("SECRET_{}", key.to_uppercase()),
+            k8s_openapi::api::core::v1::EnvVarSource {
+                secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                    name: name.into(),
+                    key: key.into(),
+                    optional,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn env_from_config_maps_and_secrets_reaches_the_runtime() {
+        use k8s_openapi::api::core::v1::{ConfigMapEnvSource, EnvFromSource, SecretEnvSource};
+        let mut pod = TestPod::new("env").container("app");
+        let app = &mut pod.spec().containers[0];
+        app.env_from = Some(vec![
+            EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: "settings".into(),
+                    optional: None,
+                }),
+                prefix: Some("CFG_".into()),
+                ..Default::default()
+            },
+            EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: "creds".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            },
+            EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: "absent".into(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            },
+        ]);
+        app.env = Some(vec![
+            config_map_key("settings", "mode", None),
+            secret_key("creds", "token", None),
+            config_map_key("settings", "missing-key", Some(true)),
+            secret_key("absent", "token", Some(true)),
+            // Overrides the value envFrom gave it, in its place.
+            EnvVar {
+                name: "CFG_mode".into(),
+                value: Some("override".into()),
+                value_from: None,
+            },
+        ]);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
+        api.add_config_map(
+            "settings",
+            &[("mode", "fast"), ("1st", "made valid by the prefix")],
+        );
+        api.add_secret(
+            "creds",
+            &[
+                ("token", "s3cret"),
+                ("user", "admin"),
+                ("2nd", "not a variable name"),
+            ],
+        );
+
+        worker.sync(&pod.update()).await;
+        let config = runtime.last_config("app").expect("app was created");
+        let env: Vec<(&str, &str)> = config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("CFG_1st", "made valid by the prefix"),
+                ("CFG_mode", "override"),
+                ("token", "s3cret"),
+                ("user", "admin"),
+                ("CM_MODE", "fast"),
+                ("SECRET_TOKEN", "s3cret"),
+            ]
+        );
+        assert_eq!(api.last_status().phase.as_deref(), Some("Running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_sources_give_create_container_config_error_until_they_exist() {
+        let cases: [(&str, EnvVar, &str); 4] = [
+            (
+                "config map",
+                config_map_key("settings", "mode", None),
+                "configmap \"settings\" not found",
+            ),
+            (
+                "secret",
+                secret_key("creds", "token", Some(false)),
+                "secret \"creds\" not found",
+            ),
+            (
+                "config map key",
+                config_map_key("other", "mode", None),
+                "couldn't find key mode in ConfigMap default/other",
+            ),
+            (
+                "secret key",
+                secret_key("keyless", "token", None),
+                "couldn't find key token in Secret default/keyless",
+            ),
+        ];
+        for (name, var, message) in cases {
+            let mut pod = TestPod::new("cfg").container("app");
+            pod.spec().containers[0].env = Some(vec![var]);
+            let (mut worker, runtime, api, _pods) = worker(&pod);
+            api.add_config_map("other", &[("unrelated", "x")]);
+            api.add_secret("keyless", &[("unrelated", "x")]);
+
+            worker.sync(&pod.update()).await;
+            let status = api.last_status();
+            assert_eq!(
+                waiting_reason(&status, "app").as_deref(),
+                Some("CreateContainerConfigError"),
+                "{name}"
+            );
+            let got = container_status(&status, "app")
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.message.clone());
+            assert_eq!(got.as_deref(), Some(message), "{name}");
+            assert_eq!(status.phase.as_deref(), Some("Pending"), "{name}");
+            assert_eq!(runtime.container_count(), 0, "{name}");
+
+            // Once the data is there, the next sync creates the container.
+            api.add_config_map("settings", &[("mode", "fast")]);
+            api.add_config_map("other", &[("mode", "slow")]);
+            api.add_secret("creds", &[("token", "t")]);
+            api.add_secret("keyless", &[("token", "t")]);
+            worker.sync(&pod.update()).await;
+            assert_eq!(runtime.container_count(), 1, "{name}");
+            assert_eq!(
+                api.last_status().phase.as_deref(),
+                Some("Running"),
+                "{name}"
+            );
+        }
+    }
+
+    fn volume(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn volume_mount(name: &str, path: &str) -> k8s_openapi::api::core::v1::VolumeMount {
+        k8s_openapi::api::core::v1::VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn volumes_are_laid_out_mounted_updated_and_removed_with_the_pod() {
+        use k8s_openapi::api::core::v1::{
+            ConfigMapVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, SecretVolumeSource,
+        };
+        let host = tempfile::tempdir().expect("host dir");
+        let host_dir = host.path().join("made-by-kubelet");
+        let mut pod = TestPod::new("vols").container("app");
+        pod.spec().volumes = Some(vec![
+            Volume {
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "settings".into(),
+                    items: Some(vec![KeyToPath {
+                        key: "mode".into(),
+                        path: "conf/mode.txt".into(),
+                        mode: Some(0o600),
+                    }]),
+                    default_mode: Some(0o640),
+                    ..Default::default()
+                }),
+                ..volume("cfg")
+            },
+            Volume {
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some("creds".into()),
+                    default_mode: Some(0o400),
+                    ..Default::default()
+                }),
+                ..volume("creds")
+            },
+            Volume {
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..volume("scratch")
+            },
+            Volume {
+                host_path: Some(HostPathVolumeSource {
+                    path: host_dir.display().to_string(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..volume("host")
+            },
+        ]);
+        pod.spec().containers[0].volume_mounts = Some(vec![
+            volume_mount("cfg", "/etc/cfg"),
+            volume_mount("creds", "/var/run/creds"),
+            k8s_openapi::api::core::v1::VolumeMount {
+                sub_path: Some("logs".into()),
+                ..volume_mount("scratch", "/var/log/app")
+            },
+            k8s_openapi::api::core::v1::VolumeMount {
+                read_only: Some(true),
+                ..volume_mount("host", "/host")
+            },
+        ]);
+        let (mut worker, runtime, api, pods) = worker(&pod);
+        api.add_config_map("settings", &[("mode", "fast"), ("unused", "x")]);
+        api.add_secret("creds", &[("token", "s3cret")]);
+
+        worker.sync(&pod.update()).await;
+        let volumes = pods.path().join("uid-vols").join("volumes");
+        let mode_of = |p: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+        };
+        let mode_file = volumes.join("cfg/conf/mode.txt");
+        assert_eq!(std::fs::read_to_string(&mode_file).expect("cfg"), "fast");
+        assert_eq!(mode_of(&mode_file), 0o600);
+        assert!(!volumes.join("cfg/unused").exists(), "only the items");
+        let token = volumes.join("creds/token");
+        assert_eq!(std::fs::read_to_string(&token).expect("token"), "s3cret");
+        assert_eq!(mode_of(&token), 0o400);
+        assert!(host_dir.is_dir(), "DirectoryOrCreate made it");
+        assert!(volumes.join("scratch/logs").is_dir(), "subPath made");
+
+        let mounts = runtime.last_config("app").expect("app").mounts;
+        let want = [
+            (volumes.join("cfg"), "/etc/cfg", true),
+            (volumes.join("creds"), "/var/run/creds", true),
+            (volumes.join("scratch/logs"), "/var/log/app", false),
+            (host_dir.clone(), "/host", true),
+        ];
+        let got: Vec<(PathBuf, &str, bool)> = mounts
+            .iter()
+            .map(|m| (m.host_path.clone(), m.container_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(got, want);
+
+        // The ConfigMap changes: the file changes in place.
+        api.add_config_map("settings", &[("mode", "slow")]);
+        worker.sync(&pod.update()).await;
+        assert_eq!(std::fs::read_to_string(&mode_file).expect("cfg"), "slow");
+
+        worker.sync(&pod.deleting(0).update()).await;
+        assert!(!pods.path().join("uid-vols").exists(), "volumes removed");
+        assert!(host_dir.is_dir(), "host paths are left alone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_volume_sources_keep_containers_waiting() {
+        use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, HostPathVolumeSource};
+        let mut pod = TestPod::new("wait").container("app");
+        pod.spec().volumes = Some(vec![Volume {
+            config_map: Some(ConfigMapVolumeSource {
+                name: "later".into(),
+                ..Default::default()
+            }),
+            ..volume("cfg")
+        }]);
+        pod.spec().containers[0].volume_mounts = Some(vec![volume_mount("cfg", "/etc/cfg")]);
+        let (mut first, runtime, api, _pods) = worker(&pod);
+        first.sync(&pod.update()).await;
+        assert_eq!(runtime.container_count(), 0);
+        assert_eq!(api.last_status().phase.as_deref(), Some("Pending"));
+        api.add_config_map("later", &[("k", "v")]);
+        first.sync(&pod.update()).await;
+        assert_eq!(runtime.container_count(), 1);
+
+        // A hostPath of the wrong type and a mount of an unknown volume.
+        let mut pod = TestPod::new("bad").container("app");
+        pod.spec().volumes = Some(vec![Volume {
+            host_path: Some(HostPathVolumeSource {
+                path: "/proc/self/status".into(),
+                type_: Some("Directory".into()),
+            }),
+            ..volume("host")
+        }]);
+        let (mut second, runtime, _api, _pods) = worker(&pod);
+        second.sync(&pod.update()).await;
+        assert_eq!(runtime.container_count(), 0);
+
+        let mut pod = TestPod::new("unknown").container("app");
+        pod.spec().containers[0].volume_mounts = Some(vec![volume_mount("nope", "/x")]);
+        let (mut third, runtime, api, _pods) = worker(&pod);
+        third.sync(&pod.update()).await;
+        assert_eq!(runtime.container_count(), 0);
+        let status = api.last_status();
+        assert_eq!(
+            waiting_reason(&status, "app").as_deref(),
+            Some("CreateContainerConfigError")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_worker_adopts_running_containers_instead_of_restarting_them() {
+        let pod = TestPod::new("keep").init_container("init").container("app");
+        let (mut first, runtime, api, pods) = worker(&pod);
+        runtime.set_behavior(
+            "init",
+            Behavior {
+                exit_on_start: Some(0),
+                ..Default::default()
+            },
+        );
+        first.sync(&pod.update()).await;
+        first.sync(&pod.update()).await;
+        let before = api.last_status();
+        assert_eq!(before.phase.as_deref(), Some("Running"));
+        let app_id = container_status(&before, "app").container_id.clone();
+        drop(first);
+
+        // The agent restarts: a new worker on the same runtime, given the pod as stored.
+        let mut stored = TestPod(pod.0.clone());
+        stored.0.status = Some(before.clone());
+        runtime.clear_calls();
+        let api = Arc::new(RecordingApi::default());
+        let mut second = PodWorker::new(
+            runtime.clone(),
+            api.clone(),
+            "10.0.0.5".parse().expect("ip"),
+            Duration::from_secs(1),
+            pods.path().to_path_buf(),
+            &stored.0,
+        );
+        second.sync(&stored.update()).await;
+        let calls = runtime.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(
+                c,
+                Call::CreateContainer(..) | Call::StartContainer(_) | Call::KillContainer(..)
+            )),
+            "{calls:?}"
+        );
+        assert_eq!(runtime.container_count(), 2);
+        // Nothing changed, so nothing was written.
+        assert!(api.writes.lock().is_empty(), "{:?}", api.writes.lock());
+
+        // When the adopted container exits, the worker restarts it as attempt 1.
+        assert!(runtime.exit("app", 1));
+        second.sync(&stored.update()).await;
+        let status = api.last_status();
+        let app = container_status(&status, "app");
+        assert_eq!(app.restart_count, 1);
+        assert_ne!(app.container_id, app_id);
+        assert_eq!(app.image_id, "reg.local/busybox:1@sha256:fake");
+        assert!(runtime
+            .calls()
+            .contains(&Call::CreateContainer("app".into(), 1)));
+        assert!(!runtime
+            .calls()
+            .contains(&Call::CreateContainer("init".into(), 1)));
     }
 }

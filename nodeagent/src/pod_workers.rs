@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct PodWorkers<R, A = ClientPodApi> {
     node: String,
     host_ip: IpAddr,
     resync: Duration,
+    /// Where pods' volumes live (`<root>/pods`).
+    pods_dir: PathBuf,
 }
 
 impl<R: ContainerRuntime> PodWorkers<R> {
@@ -35,6 +38,7 @@ impl<R: ContainerRuntime> PodWorkers<R> {
         node: String,
         host_ip: IpAddr,
         resync: Duration,
+        pods_dir: PathBuf,
     ) -> Self {
         PodWorkers {
             pods: Api::all(client.clone()),
@@ -43,6 +47,7 @@ impl<R: ContainerRuntime> PodWorkers<R> {
             node,
             host_ip,
             resync,
+            pods_dir,
         }
     }
 }
@@ -123,6 +128,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorkers<R, A> {
             self.api.clone(),
             self.host_ip,
             self.resync,
+            self.pods_dir.clone(),
             &update.pod,
         );
         let (sender, receiver) = watch::channel(update);

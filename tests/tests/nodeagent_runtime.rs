@@ -3,7 +3,10 @@
 //! `docker-registry` on a free loopback port, pulled over plain HTTP, and run by
 //! libcontainer through the `shim` helper. A pod's output reaches its CRI log and the
 //! pod goes Running then Succeeded; deleting a running pod stops it within its grace
-//! period and removes its containers, sandbox and cgroups.
+//! period and removes its containers, sandbox and cgroups; a pod with a configMap
+//! volume and a memory-backed emptyDir shared by its init and main containers shows
+//! both files' contents in its log, and its volumes go with it; a `sleep` pod keeps
+//! its container (same id and process, restartCount 0) across an agent restart.
 //!
 //! This binary has its own `main` (harness = false) because it doubles as the agent's
 //! helper: the runtime re-executes it as `<this binary> shim …`.
@@ -14,7 +17,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, Pod, PodSpec, Volume,
+    VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_client::client::{ClientConfig as OciConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
@@ -237,7 +243,21 @@ struct Agent {
 
 impl Agent {
     fn start(api: &TestApiserver, node: &str, registry: &str) -> anyhow::Result<Agent> {
-        let root = tempfile::tempdir().context("state dir")?;
+        Agent::start_in(
+            tempfile::tempdir().context("state dir")?,
+            api,
+            node,
+            registry,
+        )
+    }
+
+    /// An agent on the state directory `root` (a fresh one, or one an agent left).
+    fn start_in(
+        root: tempfile::TempDir,
+        api: &TestApiserver,
+        node: &str,
+        registry: &str,
+    ) -> anyhow::Result<Agent> {
         let mut config = rkube_nodeagent::Config::new(
             client_config(api, Component::NodeAgent),
             node,
@@ -256,6 +276,28 @@ impl Agent {
             task: Some(task),
             root,
         })
+    }
+
+    /// Stops this agent the way a restart would (its containers keep running) and
+    /// starts a new one on the same state directory.
+    async fn restart(
+        mut self,
+        api: &TestApiserver,
+        node: &str,
+        registry: &str,
+    ) -> anyhow::Result<Agent> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .context("agent stops within 10s")?
+                .context("agent task joins")?
+                .context("agent ran without error")?;
+        }
+        // The old agent's drop then cleans an empty directory, not the live one.
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().context("state dir")?);
+        drop(self);
+        Agent::start_in(root, api, node, registry)
     }
 
     fn containers(&self) -> Vec<String> {
@@ -325,6 +367,13 @@ impl Drop for Agent {
         }
         for id in entries(&root.join("sandboxes")) {
             kill_pid_file(&root.join("sandboxes").join(id).join("pause.pid"));
+        }
+        // Memory-backed emptyDirs are tmpfs mounts under the pods' volume directories.
+        for uid in entries(&root.join("pods")) {
+            let volumes = root.join("pods").join(uid).join("volumes");
+            for name in entries(&volumes) {
+                let _ = nix::mount::umount2(&volumes.join(name), nix::mount::MntFlags::MNT_DETACH);
+            }
         }
     }
 }
@@ -487,6 +536,8 @@ async fn runs_a_pod_logs_its_output_and_deletes_a_running_pod() {
         assert!(!dir.exists(), "cgroup {} removed", dir.display());
     }
 
+    shares_volumes_between_init_and_main_containers(&api, &pods, &agent, &node, &image).await;
+
     // Deleting the finished pod removes the rest.
     pods.delete(&hello, &DeleteParams::default())
         .await
@@ -508,5 +559,224 @@ async fn runs_a_pod_logs_its_output_and_deletes_a_running_pod() {
         },
     )
     .await;
+    let agent = keeps_containers_running_across_an_agent_restart(
+        &api,
+        &pods,
+        agent,
+        &node,
+        &image,
+        &registry.addr,
+    )
+    .await;
     agent.stop().await;
+}
+
+/// A configMap volume and a memory-backed emptyDir: the init container writes a file
+/// into the emptyDir, the main container prints it and the configMap's file.
+async fn shares_volumes_between_init_and_main_containers(
+    api: &TestApiserver,
+    pods: &Api<Pod>,
+    agent: &Agent,
+    node: &str,
+    image: &str,
+) {
+    let admin = Client::connect(client_config(api, Component::Admin))
+        .await
+        .expect("connect as admin");
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin, "default");
+    let cm_name = format!("greeting-{}", std::process::id());
+    config_maps
+        .create(&ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(cm_name.clone()),
+                ..Default::default()
+            },
+            data: Some([("message".to_string(), "hello from a configMap".to_string())].into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create configMap");
+
+    let name = format!("volumes-{}", std::process::id());
+    let mut spec = pod(
+        &name,
+        node,
+        image,
+        &["sh", "-c", "cat /shared/note /etc/greeting/message"],
+        5,
+    );
+    let pod_spec = spec.spec.as_mut().expect("spec");
+    let mount = |volume: &str, path: &str| VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    };
+    pod_spec.volumes = Some(vec![
+        Volume {
+            name: "greeting".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm_name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "shared".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "1Mi".into(),
+                )),
+            }),
+            ..Default::default()
+        },
+    ]);
+    pod_spec.init_containers = Some(vec![Container {
+        name: "writer".into(),
+        image: Some(image.into()),
+        command: Some(
+            ["sh", "-c", "echo written by init > /shared/note"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        volume_mounts: Some(vec![mount("shared", "/shared")]),
+        ..Default::default()
+    }]);
+    pod_spec.containers[0].volume_mounts = Some(vec![
+        mount("shared", "/shared"),
+        mount("greeting", "/etc/greeting"),
+    ]);
+    let created = pods.create(&spec).await.expect("create pod");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let done = eventually(
+        "the volume pod Succeeded",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get_opt(&name).await.ok().flatten()?;
+            matches!(phase(&pod).as_deref(), Some("Succeeded") | Some("Failed")).then_some(pod)
+        },
+    )
+    .await;
+    assert_eq!(
+        phase(&done).as_deref(),
+        Some("Succeeded"),
+        "{:?}",
+        done.status
+    );
+    let pod_dir = agent.root.path().join("pods").join(&uid);
+    let shared = pod_dir.join("volumes").join("shared");
+    let fs = nix::sys::statfs::statfs(&shared).expect("statfs of the emptyDir");
+    assert_eq!(
+        fs.filesystem_type(),
+        nix::sys::statfs::TMPFS_MAGIC,
+        "emptyDir is tmpfs"
+    );
+
+    let logs = log_files(&agent.root.path().join("logs"));
+    let text: String = logs
+        .iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("main")))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    for want in ["written by init", "hello from a configMap"] {
+        assert!(
+            text.lines()
+                .any(|l| l.ends_with(&format!(" stdout F {want}"))),
+            "{want:?} in the main container's log: {text:?}"
+        );
+    }
+
+    pods.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    eventually(
+        "the volume pod's volumes removed",
+        Duration::from_secs(30),
+        || async {
+            (matches!(pods.get_opt(&name).await, Ok(None)) && !pod_dir.exists()).then_some(())
+        },
+    )
+    .await;
+}
+
+fn main_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first().cloned())
+}
+
+/// A `sleep` pod survives the agent stopping and a new agent starting on the same state
+/// directory: same container, same process, restartCount 0, still Running.
+async fn keeps_containers_running_across_an_agent_restart(
+    api: &TestApiserver,
+    pods: &Api<Pod>,
+    agent: Agent,
+    node: &str,
+    image: &str,
+    registry: &str,
+) -> Agent {
+    let name = format!("survivor-{}", std::process::id());
+    pods.create(&pod(&name, node, image, &["sleep", "1000"], 1))
+        .await
+        .expect("create pod");
+    let running = eventually("the survivor Running", Duration::from_secs(60), || async {
+        let pod = pods.get_opt(&name).await.ok().flatten()?;
+        (phase(&pod).as_deref() == Some("Running")).then_some(pod)
+    })
+    .await;
+    let before = main_status(&running).expect("container status");
+    let id = agent
+        .containers()
+        .into_iter()
+        .find(|id| id.starts_with("survivor"))
+        .expect("the survivor's container");
+    let pid_file = agent
+        .root
+        .path()
+        .join("containers")
+        .join(&id)
+        .join("container.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("container pid");
+
+    let agent = agent
+        .restart(api, node, registry)
+        .await
+        .expect("restart the agent");
+    // Several resyncs of the new agent's worker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = pods
+        .get(&name)
+        .await
+        .expect("get the survivor after the restart");
+    assert_eq!(phase(&pod).as_deref(), Some("Running"));
+    let after = main_status(&pod).expect("container status");
+    assert_eq!(after.container_id, before.container_id);
+    assert_eq!(after.restart_count, 0);
+    assert!(
+        after.state.as_ref().is_some_and(|s| s.running.is_some()),
+        "{after:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("container pid"),
+        pid,
+        "the same process"
+    );
+    let pid: i32 = pid.trim().parse().expect("numeric pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        !stat.is_empty() && !stat.contains(") Z"),
+        "the container process still runs: {stat:?}"
+    );
+
+    pods.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    eventually("the survivor removed", Duration::from_secs(30), || async {
+        (matches!(pods.get_opt(&name).await, Ok(None)) && !agent.containers().contains(&id))
+            .then_some(())
+    })
+    .await;
+    agent
 }

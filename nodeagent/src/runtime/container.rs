@@ -1,12 +1,13 @@
 //! A container's OCI runtime spec, built from the pod's container spec and the image
 //! config: Kubernetes' command/args over Entrypoint/Cmd, env over the image's Env,
-//! workingDir, user, read-only root, cgroup limits, and the sandbox's namespaces.
+//! workingDir, user, read-only root, cgroup limits, the sandbox's namespaces and the
+//! volumes as bind mounts.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, RootBuilder, Spec,
+    LinuxResourcesBuilder, MountBuilder, RootBuilder, Spec,
 };
 
 use super::image::ImageConfig;
@@ -137,6 +138,19 @@ pub fn oci_spec(
             .build()?,
     ));
     spec.set_hostname(Some(hostname.to_string()));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for mount in &config.mounts {
+        let access = if mount.read_only { "ro" } else { "rw" };
+        mounts.push(
+            MountBuilder::default()
+                .destination(&mount.container_path)
+                .typ("bind")
+                .source(&mount.host_path)
+                .options(vec!["rbind".into(), "rprivate".into(), access.into()])
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
     if let Some(linux) = spec.linux_mut().as_mut() {
         let joined = [
             (LinuxNamespaceType::Network, &namespaces.network),
@@ -214,6 +228,18 @@ mod tests {
                 cpu_quota: Some(50_000),
                 memory_limit: Some(64 << 20),
             },
+            mounts: vec![
+                super::super::Mount {
+                    host_path: "/pods/u/volumes/cfg".into(),
+                    container_path: "/etc/cfg".into(),
+                    read_only: true,
+                },
+                super::super::Mount {
+                    host_path: "/pods/u/volumes/scratch".into(),
+                    container_path: "/scratch".into(),
+                    read_only: false,
+                },
+            ],
             attempt: 0,
         }
     }
@@ -271,6 +297,30 @@ mod tests {
         assert_eq!(root.path(), Path::new("/c/rootfs"));
         assert_eq!(root.readonly(), Some(true));
         assert_eq!(spec.hostname().as_deref(), Some("web"));
+        let mounts = spec.mounts().clone().expect("mounts");
+        let binds: Vec<(String, String, bool)> = mounts
+            .iter()
+            .filter(|m| m.typ().as_deref() == Some("bind"))
+            .map(|m| {
+                (
+                    m.source()
+                        .as_ref()
+                        .map(|s| s.display().to_string())
+                        .unwrap_or_default(),
+                    m.destination().display().to_string(),
+                    m.options()
+                        .as_ref()
+                        .is_some_and(|o| o.iter().any(|o| o == "ro")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                ("/pods/u/volumes/cfg".into(), "/etc/cfg".into(), true),
+                ("/pods/u/volumes/scratch".into(), "/scratch".into(), false),
+            ]
+        );
         let linux = spec.linux().clone().expect("linux");
         let namespaces = linux.namespaces().clone().expect("namespaces");
         let net = namespaces

@@ -8,8 +8,8 @@ use k8s_openapi::chrono::Utc;
 use parking_lot::Mutex;
 
 use super::{
-    ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Error, ImageRef, PullPolicy,
-    Result, SandboxConfig, SandboxId, StopSignal,
+    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error, ImageRef,
+    PullPolicy, Result, SandboxConfig, SandboxId, StopSignal,
 };
 
 /// One call the fake received, named by pod and container names so tests read well.
@@ -36,7 +36,9 @@ pub struct Behavior {
 
 #[derive(Debug)]
 struct FakeContainer {
+    sandbox: SandboxId,
     name: String,
+    attempt: u32,
     state: ContainerState,
 }
 
@@ -47,6 +49,8 @@ struct Inner {
     pull_errors: HashMap<String, String>,
     containers: HashMap<ContainerId, FakeContainer>,
     sandboxes: HashMap<SandboxId, String>,
+    /// The config of the latest container created under each name.
+    configs: HashMap<String, ContainerConfig>,
 }
 
 /// The recording fake runtime.
@@ -106,6 +110,11 @@ impl FakeRuntime {
     /// Forgets the calls so far.
     pub fn clear_calls(&self) {
         self.inner.lock().calls.clear();
+    }
+
+    /// The config the latest container named `name` was created from.
+    pub fn last_config(&self, name: &str) -> Option<ContainerConfig> {
+        self.inner.lock().configs.get(name).cloned()
     }
 
     /// Containers that exist (created and not removed).
@@ -188,11 +197,14 @@ impl ContainerRuntime for FakeRuntime {
         inner
             .calls
             .push(Call::CreateContainer(config.name.clone(), config.attempt));
+        inner.configs.insert(config.name.clone(), config.clone());
         let id = ContainerId(format!("{}-{}-{}", sandbox.0, config.name, config.attempt));
         inner.containers.insert(
             id.clone(),
             FakeContainer {
+                sandbox: sandbox.clone(),
                 name: config.name.clone(),
+                attempt: config.attempt,
                 state: ContainerState::Created,
             },
         );
@@ -240,6 +252,20 @@ impl ContainerRuntime for FakeRuntime {
         inner.calls.push(Call::RemoveContainer(name));
         inner.containers.remove(id);
         Ok(())
+    }
+
+    async fn list_containers(&self, sandbox: &SandboxId) -> Result<Vec<ContainerInfo>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .containers
+            .iter()
+            .filter(|(_, c)| c.sandbox == *sandbox)
+            .map(|(id, c)| ContainerInfo {
+                id: id.clone(),
+                name: c.name.clone(),
+                attempt: c.attempt,
+            })
+            .collect())
     }
 
     async fn container_status(&self, id: &ContainerId) -> Result<ContainerState> {

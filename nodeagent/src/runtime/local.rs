@@ -26,8 +26,8 @@ use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
 use super::{
-    ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Error, ImageRef, PullPolicy,
-    Result, SandboxConfig, SandboxId, StopSignal,
+    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error, ImageRef,
+    PullPolicy, Result, SandboxConfig, SandboxId, StopSignal,
 };
 
 /// How long removal waits for a killed container's helper to record the exit.
@@ -413,6 +413,7 @@ impl ContainerRuntime for LocalRuntime {
         let meta = ContainerMeta {
             sandbox: sandbox.0.clone(),
             name: config.name.clone(),
+            attempt: config.attempt,
             log_path,
             cgroup_path,
         };
@@ -445,6 +446,39 @@ impl ContainerRuntime for LocalRuntime {
             return Err(err);
         }
         Ok(id)
+    }
+
+    async fn list_containers(&self, sandbox: &SandboxId) -> Result<Vec<ContainerInfo>> {
+        let dir = self.root.join("containers");
+        let wanted = sandbox.0.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<ContainerInfo>> {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(io_error(&dir))
+                .map_err(failed("list containers of", &wanted))?;
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry
+                    .map_err(io_error(&dir))
+                    .map_err(failed("list containers of", &wanted))?;
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let paths = ContainerPaths { dir: entry.path() };
+                // A directory without its record is a creation that never finished.
+                let Ok(Some(meta)) = state::read_json::<ContainerMeta>(&paths.meta()) else {
+                    continue;
+                };
+                if meta.sandbox == wanted {
+                    found.push(ContainerInfo {
+                        id: ContainerId(id),
+                        name: meta.name,
+                        attempt: meta.attempt,
+                    });
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(ShimError::Join)
+        .map_err(failed("list containers of", &sandbox.0))?
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
@@ -629,6 +663,7 @@ mod tests {
             run_as_group: None,
             read_only_root_filesystem: false,
             resources: Resources::default(),
+            mounts: Vec::new(),
             attempt,
         }
     }

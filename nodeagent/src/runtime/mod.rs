@@ -8,6 +8,7 @@
 //! the agent and its [`crate::shim`] helpers talk).
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use k8s_openapi::chrono::{DateTime, Utc};
 
@@ -134,13 +135,34 @@ pub struct ContainerConfig {
     pub run_as_group: Option<i64>,
     pub read_only_root_filesystem: bool,
     pub resources: Resources,
+    /// Volumes bind-mounted into the container, in `volumeMounts` order.
+    pub mounts: Vec<Mount>,
     /// How many times this container was started before in this pod (0 first).
     pub attempt: u32,
+}
+
+/// A host path bind-mounted into a container (a volume, or a `subPath` of one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    /// Absolute path inside the container (`mountPath`).
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 /// The runtime's handle on a container.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContainerId(pub String);
+
+/// A container the runtime knows about, as listed by
+/// [`ContainerRuntime::list_containers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: ContainerId,
+    /// The pod's container name.
+    pub name: String,
+    pub attempt: u32,
+}
 
 /// A signal the runtime can send to a container's main process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +228,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         sandbox: &SandboxId,
         config: &ContainerConfig,
     ) -> impl Future<Output = Result<ContainerId>> + Send;
+
+    /// The containers of `sandbox` that exist (running or not), in no particular order;
+    /// an agent that restarted finds its containers again through this.
+    fn list_containers(
+        &self,
+        sandbox: &SandboxId,
+    ) -> impl Future<Output = Result<Vec<ContainerInfo>>> + Send;
 
     /// Starts a created container.
     fn start_container(&self, id: &ContainerId) -> impl Future<Output = Result<()>> + Send;

@@ -108,6 +108,9 @@ pub struct SandboxMeta {
 pub struct ContainerMeta {
     pub sandbox: String,
     pub name: String,
+    /// Which start of the pod's container this is (0 first).
+    #[serde(default)]
+    pub attempt: u32,
     /// The CRI-format log file the helper writes the container's output to.
     pub log_path: PathBuf,
     /// The cgroup path relative to each hierarchy's root (`/rkube/<id>`).
