@@ -41,7 +41,8 @@ status:
 test: deps
 	@[ -x /usr/bin/kubectl ] || echo "warning: /usr/bin/kubectl (v1.32) not found; the kubectl tests will fail" >&2
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "%d passed, %d failed\n", passed, failed }' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -36,8 +36,8 @@
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod leader;
 pub mod controller;
+pub mod leader;
 pub mod queue;
 pub mod store;
 pub mod watcher;

@@ -69,10 +69,16 @@ fn main() -> ExitCode {
     }) {
         Ok(()) => {
             println!("test {test} ... ok");
+            println!(
+                "\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {
             println!("test {test} ... FAILED: {err}");
+            println!(
+                "\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out"
+            );
             ExitCode::FAILURE
         }
     }
