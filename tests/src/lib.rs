@@ -13,8 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rkube_client::ClientConfig;
 use rkube_ctl::kubeconfig;
-use rkube_ctl::pki::{ClusterPki, CONTEXT_NAME};
+use rkube_ctl::pki::{ClusterPki, Component, CONTEXT_NAME};
 use tokio_util::sync::CancellationToken;
 
 /// The etcd binary (Debian's etcd-server).
@@ -261,6 +262,15 @@ impl TestApiserver {
     }
 
     /// The cluster PKI (component tokens, admin client certificate).
+    /// A gRPC client configuration for one component's credentials.
+    pub fn client_config(&self, component: Component) -> ClientConfig {
+        ClientConfig {
+            endpoint: self.url().to_string(),
+            ca_pem: Some(self.ca_pem().to_string()),
+            token: Some(self.pki().token(component).to_string()),
+        }
+    }
+
     pub fn pki(&self) -> &ClusterPki {
         &self.pki
     }
@@ -374,4 +384,21 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after
+/// `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

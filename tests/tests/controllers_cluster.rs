@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
-use rkube_client::{Api, Client, ClientConfig, ListParams};
+use rkube_client::{Api, Client, ListParams};
 use rkube_controller_manager::simulation::SimulatedNodes;
 use rkube_controller_manager::{run, Config};
 use rkube_ctl::pki::Component;
-use rkube_tests::{Etcd, TestApiserver};
+use rkube_tests::{eventually, Etcd, TestApiserver};
 use tokio_util::sync::CancellationToken;
 
 struct Cluster {
@@ -65,11 +65,7 @@ impl Cluster {
 async fn cluster(nodes: usize) -> Cluster {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let config = |component| ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    };
+    let config = |component| api.client_config(component);
     let shutdown = CancellationToken::new();
     let mut cm_config = Config::new(config(Component::ControllerManager));
     cm_config.node_monitor_grace_period = Duration::from_secs(3);
@@ -87,21 +83,6 @@ async fn cluster(nodes: usize) -> Cluster {
         client,
         sim,
         shutdown,
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use rkube_client::{Api, Client, ClientConfig, ListParams};
+use rkube_client::{Api, Client, ListParams};
 use rkube_controller_manager::simulation::SimulatedNodes;
 use rkube_controller_manager::{run, Config};
 use rkube_ctl::pki::Component;
-use rkube_tests::{Etcd, TestApiserver};
+use rkube_tests::{eventually, Etcd, TestApiserver};
 use tokio_util::sync::CancellationToken;
 
 struct Cluster {
@@ -33,11 +33,7 @@ impl Drop for Cluster {
 async fn cluster(nodes: usize) -> Cluster {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let config = |component| ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    };
+    let config = |component| api.client_config(component);
     let shutdown = CancellationToken::new();
     let cm_config = Config::new(config(Component::ControllerManager));
     tokio::spawn(run(cm_config, shutdown.clone()));
@@ -53,22 +49,6 @@ async fn cluster(nodes: usize) -> Cluster {
         client,
         sim,
         shutdown,
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -428,11 +408,7 @@ async fn sizes(rss: &Api<ReplicaSet>) -> Vec<i32> {
 async fn two_replicas_elect_one_leader_through_a_lease() {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let config = |component| ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    };
+    let config = |component| api.client_config(component);
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     for _ in 0..2 {

@@ -7,20 +7,15 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, ConfigMap, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rkube_client::{
-    reflector, store, watcher, Api, Client, ClientConfig, DeleteParams, ListParams, ObjectRef,
-    WatcherConfig,
+    reflector, store, watcher, Api, Client, DeleteParams, ListParams, ObjectRef, WatcherConfig,
 };
 use rkube_ctl::pki::Component;
 use rkube_tests::{Etcd, TestApiserver};
 
 async fn connect(api: &TestApiserver) -> Client {
-    Client::connect(ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(Component::Scheduler).to_string()),
-    })
-    .await
-    .expect("connect over gRPC")
+    Client::connect(api.client_config(Component::Scheduler))
+        .await
+        .expect("connect over gRPC")
 }
 
 fn cm(name: &str, value: &str) -> ConfigMap {

@@ -3,41 +3,17 @@
 //! the recording fake runtime: status Running, then graceful deletion removes the pod.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use rkube_client::{Api, Client, ClientConfig, DeleteParams};
+use rkube_client::{Api, Client, DeleteParams};
 use rkube_ctl::pki::Component;
 use rkube_nodeagent::runtime::fake::{Call, FakeRuntime};
 use rkube_nodeagent::runtime::StopSignal;
-use rkube_tests::{Etcd, TestApiserver};
+use rkube_tests::{eventually, Etcd, TestApiserver};
 use tokio_util::sync::CancellationToken;
-
-fn client_config(api: &TestApiserver, component: Component) -> ClientConfig {
-    ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A unique node name per test run, so parallel runs never share objects.
 fn node_name(test: &str) -> String {
@@ -54,7 +30,7 @@ impl Agent {
     async fn start(api: &TestApiserver, node: &str, runtime: Arc<FakeRuntime>) -> Agent {
         let root = tempfile::tempdir().expect("state dir");
         let mut config = rkube_nodeagent::Config::new(
-            client_config(api, Component::NodeAgent),
+            api.client_config(Component::NodeAgent),
             node,
             root.path().to_path_buf(),
         );
@@ -96,7 +72,7 @@ fn ready(node: &Node) -> bool {
 async fn registers_a_ready_node_and_renews_its_lease() {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let admin = Client::connect(client_config(&api, Component::Scheduler))
+    let admin = Client::connect(api.client_config(Component::Scheduler))
         .await
         .expect("connect");
     let name = node_name("ready");
@@ -165,7 +141,7 @@ async fn registers_a_ready_node_and_renews_its_lease() {
 async fn runs_a_bound_pod_and_removes_it_after_deletion() {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let admin = Client::connect(client_config(&api, Component::Scheduler))
+    let admin = Client::connect(api.client_config(Component::Scheduler))
         .await
         .expect("connect");
     let name = node_name("pods");

@@ -24,9 +24,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_client::client::{ClientConfig as OciConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
-use rkube_client::{Api, Client, ClientConfig, DeleteParams};
+use rkube_client::{Api, Client, DeleteParams};
 use rkube_ctl::pki::Component;
-use rkube_tests::{Etcd, TestApiserver};
+use rkube_tests::{eventually, Etcd, TestApiserver};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -81,30 +81,6 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-    }
-}
-
-fn client_config(api: &TestApiserver, component: Component) -> ClientConfig {
-    ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -265,7 +241,7 @@ impl Agent {
         registry: &str,
     ) -> anyhow::Result<Agent> {
         let mut config = rkube_nodeagent::Config::new(
-            client_config(api, Component::NodeAgent),
+            api.client_config(Component::NodeAgent),
             node,
             root.path().to_path_buf(),
         );
@@ -432,7 +408,7 @@ async fn runs_a_pod_logs_its_output_and_deletes_a_running_pod() {
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
     let registry = Registry::start().await.expect("registry");
     let image = push_busybox(&registry).await.expect("push image");
-    let admin = Client::connect(client_config(&api, Component::Scheduler))
+    let admin = Client::connect(api.client_config(Component::Scheduler))
         .await
         .expect("connect");
     let node = format!("na-runtime-{}", std::process::id());
@@ -586,7 +562,7 @@ async fn shares_volumes_between_init_and_main_containers(
     node: &str,
     image: &str,
 ) {
-    let admin = Client::connect(client_config(api, Component::Admin))
+    let admin = Client::connect(api.client_config(Component::Admin))
         .await
         .expect("connect as admin");
     let config_maps: Api<ConfigMap> = Api::namespaced(admin, "default");

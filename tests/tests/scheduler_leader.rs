@@ -6,19 +6,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use rkube_client::leader::{Error, LeaderElector, LeaseConfig};
-use rkube_client::{Api, Client, ClientConfig};
+use rkube_client::{Api, Client};
 use rkube_ctl::pki::Component;
 use rkube_tests::{Etcd, TestApiserver};
 use tokio_util::sync::CancellationToken;
 
 async fn connect(api: &TestApiserver) -> Client {
-    Client::connect(ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(Component::Scheduler).to_string()),
-    })
-    .await
-    .expect("connect over gRPC")
+    Client::connect(api.client_config(Component::Scheduler))
+        .await
+        .expect("connect over gRPC")
 }
 
 fn config(identity: &str, lease_seconds: u64) -> LeaseConfig {

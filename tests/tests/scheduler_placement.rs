@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use rkube_client::{Api, Client, ClientConfig, ListParams};
+use rkube_client::{Api, Client, ListParams};
 use rkube_ctl::pki::Component;
 use rkube_scheduler::config::SchedulerConfig;
 use rkube_scheduler::{run_scheduler, Metrics};
@@ -19,13 +19,9 @@ const ZONE: &str = "topology.kubernetes.io/zone";
 const HOST: &str = "kubernetes.io/hostname";
 
 async fn connect(api: &TestApiserver, who: Component) -> Client {
-    Client::connect(ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(who).to_string()),
-    })
-    .await
-    .expect("connect over gRPC")
+    Client::connect(api.client_config(who))
+        .await
+        .expect("connect over gRPC")
 }
 
 /// Creates a Node with `labels`, `cpu` cores and optional taints, and makes sure its

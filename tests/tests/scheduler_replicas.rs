@@ -6,20 +6,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use rkube_client::{Api, Client, ClientConfig};
+use rkube_client::{Api, Client};
 use rkube_ctl::pki::Component;
 use rkube_scheduler::config::SchedulerConfig;
 use rkube_tests::{Etcd, TestApiserver};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn client_config(api: &TestApiserver, who: Component) -> ClientConfig {
-    ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(who).to_string()),
-    }
-}
 
 async fn bound_node(pods: &Api<Pod>, name: &str) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -60,7 +52,7 @@ fn pod(name: &str) -> Pod {
 async fn two_replicas_one_leader_and_fail_over() {
     let etcd = Etcd::start().await.expect("etcd");
     let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let admin = Client::connect(client_config(&api, Component::Admin))
+    let admin = Client::connect(api.client_config(Component::Admin))
         .await
         .expect("connect");
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"},
@@ -76,7 +68,7 @@ async fn two_replicas_one_leader_and_fail_over() {
     let mut scheduler = SchedulerConfig::default();
     scheduler.leader_election.retry_period_seconds = 1;
     let replica = |identity: &str| rkube_scheduler::Config {
-        client: client_config(&api, Component::Scheduler),
+        client: api.client_config(Component::Scheduler),
         scheduler: scheduler.clone(),
         identity: identity.to_string(),
     };

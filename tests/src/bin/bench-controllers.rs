@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use rkube_client::controller::Informer;
-use rkube_client::{Api, Client, ClientConfig, WatcherConfig};
+use rkube_client::{Api, Client, WatcherConfig};
 use rkube_controller_manager::simulation::SimulatedNodes;
 use rkube_controller_manager::{run, Config};
 use rkube_ctl::pki::Component;
@@ -67,11 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let api = TestApiserver::start(&etcd)
         .await
         .context("start apiserver")?;
-    let config = |component| ClientConfig {
-        endpoint: api.url().to_string(),
-        ca_pem: Some(api.ca_pem().to_string()),
-        token: Some(api.pki().token(component).to_string()),
-    };
+    let config = |component| api.client_config(component);
     let shutdown = CancellationToken::new();
     let client = Client::connect(config(Component::Admin))
         .await

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use rkube_client::{Api, Client, ClientConfig};
+use rkube_client::{Api, Client};
 use rkube_ctl::pki::Component;
 use rkube_scheduler::cache::Cache;
 use rkube_scheduler::config::{Profile, SchedulerConfig, DEFAULT_SCHEDULER_NAME};
@@ -215,13 +215,7 @@ async fn e2e(w: &Workload) -> anyhow::Result<f64> {
     let api = TestApiserver::start_with(&etcd, |cfg| cfg.etcd_compaction_interval = 0)
         .await
         .context("start apiserver")?;
-    let connect = |who| {
-        Client::connect(ClientConfig {
-            endpoint: api.url().to_string(),
-            ca_pem: Some(api.ca_pem().to_string()),
-            token: Some(api.pki().token(who).to_string()),
-        })
-    };
+    let connect = |who| Client::connect(api.client_config(who));
     let admin = connect(Component::Admin).await.context("connect admin")?;
     let nodes: Api<Node> = Api::all(admin.clone());
     create_all(&nodes, (0..NODES).map(node).collect()).await?;
