@@ -1085,30 +1085,15 @@ async fn container_env<A: PodApi>(
     };
     for source in spec.env_from.iter().flatten() {
         let prefix = source.prefix.as_deref().unwrap_or("");
-        let data = if let Some(reference) = &source.config_map_ref {
-            let optional = reference.optional.unwrap_or(false);
-            match api
-                .config_map(namespace, &reference.name)
-                .await
-                .map_err(|e| error_chain(&e))?
-            {
-                Some(map) => map.data.unwrap_or_default(),
-                None if optional => continue,
-                None => return Err(format!("configmap {:?} not found", reference.name)),
-            }
-        } else if let Some(reference) = &source.secret_ref {
-            let optional = reference.optional.unwrap_or(false);
-            match api
-                .secret(namespace, &reference.name)
-                .await
-                .map_err(|e| error_chain(&e))?
-            {
-                Some(secret) => secret_strings(&secret),
-                None if optional => continue,
-                None => return Err(format!("secret {:?} not found", reference.name)),
-            }
-        } else {
-            continue;
+        let (kind, name, optional) = match (&source.config_map_ref, &source.secret_ref) {
+            (Some(r), _) => (EnvSource::ConfigMap, r.name.as_str(), r.optional),
+            (None, Some(r)) => (EnvSource::Secret, r.name.as_str(), r.optional),
+            (None, None) => continue,
+        };
+        let data = match kind.read(api, namespace, name).await? {
+            Some(data) => data,
+            None if optional.unwrap_or(false) => continue,
+            None => return Err(kind.not_found(name)),
         };
         for (key, value) in data {
             let name = format!("{prefix}{key}");
@@ -1131,49 +1116,28 @@ async fn container_env<A: PodApi>(
                     field_value(pod, &field.field_path, host_ip).ok_or_else(|| {
                         format!("env {name}: unsupported fieldPath {:?}", field.field_path)
                     })?
-                } else if let Some(selector) = &source.config_map_key_ref {
-                    let optional = selector.optional.unwrap_or(false);
-                    let map = api
-                        .config_map(namespace, &selector.name)
-                        .await
-                        .map_err(|e| error_chain(&e))?;
-                    let Some(map) = map else {
+                } else if let Some((kind, source_name, key, optional)) = source
+                    .config_map_key_ref
+                    .as_ref()
+                    .map(|s| (EnvSource::ConfigMap, &s.name, &s.key, s.optional))
+                    .or_else(|| {
+                        source
+                            .secret_key_ref
+                            .as_ref()
+                            .map(|s| (EnvSource::Secret, &s.name, &s.key, s.optional))
+                    })
+                {
+                    let optional = optional.unwrap_or(false);
+                    let Some(data) = kind.read(api, namespace, source_name).await? else {
                         if optional {
                             continue;
                         }
-                        return Err(format!("configmap {:?} not found", selector.name));
+                        return Err(kind.not_found(source_name));
                     };
-                    match map.data.as_ref().and_then(|d| d.get(&selector.key)) {
+                    match data.get(key) {
                         Some(value) => value.clone(),
                         None if optional => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {namespace}/{}",
-                                selector.key, selector.name
-                            ))
-                        }
-                    }
-                } else if let Some(selector) = &source.secret_key_ref {
-                    let optional = selector.optional.unwrap_or(false);
-                    let secret = api
-                        .secret(namespace, &selector.name)
-                        .await
-                        .map_err(|e| error_chain(&e))?;
-                    let Some(secret) = secret else {
-                        if optional {
-                            continue;
-                        }
-                        return Err(format!("secret {:?} not found", selector.name));
-                    };
-                    match secret.data.as_ref().and_then(|d| d.get(&selector.key)) {
-                        Some(value) => String::from_utf8_lossy(&value.0).into_owned(),
-                        None if optional => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {namespace}/{}",
-                                selector.key, selector.name
-                            ))
-                        }
+                        None => return Err(kind.missing_key(namespace, source_name, key)),
                     }
                 } else {
                     return Err(format!(
@@ -1187,6 +1151,53 @@ async fn container_env<A: PodApi>(
         set(&mut env, name.clone(), value);
     }
     Ok(env)
+}
+
+/// Where `envFrom` and `valueFrom` key references read from.
+#[derive(Debug, Clone, Copy)]
+enum EnvSource {
+    ConfigMap,
+    Secret,
+}
+
+impl EnvSource {
+    /// The object's data as strings, or `None` when it does not exist.
+    async fn read<A: PodApi>(
+        self,
+        api: &A,
+        namespace: &str,
+        name: &str,
+    ) -> std::result::Result<Option<std::collections::BTreeMap<String, String>>, String> {
+        match self {
+            EnvSource::ConfigMap => Ok(api
+                .config_map(namespace, name)
+                .await
+                .map_err(|e| error_chain(&e))?
+                .map(|map| map.data.unwrap_or_default())),
+            EnvSource::Secret => Ok(api
+                .secret(namespace, name)
+                .await
+                .map_err(|e| error_chain(&e))?
+                .map(|secret| secret_strings(&secret))),
+        }
+    }
+
+    /// kubelet's message for a missing object.
+    fn not_found(self, name: &str) -> String {
+        match self {
+            EnvSource::ConfigMap => format!("configmap {name:?} not found"),
+            EnvSource::Secret => format!("secret {name:?} not found"),
+        }
+    }
+
+    /// kubelet's message for a missing key.
+    fn missing_key(self, namespace: &str, name: &str, key: &str) -> String {
+        let kind = match self {
+            EnvSource::ConfigMap => "ConfigMap",
+            EnvSource::Secret => "Secret",
+        };
+        format!("couldn't find key {key} in {kind} {namespace}/{name}")
+    }
 }
 
 /// A Secret's data as strings (the bytes as they are; invalid UTF-8 replaced).
