@@ -525,14 +525,17 @@ async fn record_events(client: Client, mut rx: mpsc::Receiver<PendingEvent>) {
     }
 }
 
-async fn watch_nodes(
-    s: Arc<Scheduler>,
-    synced: mpsc::Sender<&'static str>,
+/// Feeds every event of a watcher stream to `on_event` until shutdown; errors are logged
+/// and the watcher retries by itself.
+async fn follow<K, E, S>(
+    mut stream: S,
+    what: &'static str,
     shutdown: CancellationToken,
-) {
-    let api: Api<Node> = Api::all(s.client.clone());
-    let mut stream = watcher(api, WatcherConfig::default()).boxed();
-    let mut listed: HashSet<String> = HashSet::new();
+    mut on_event: impl FnMut(WatchEvent<K>),
+) where
+    E: std::fmt::Display,
+    S: futures::Stream<Item = Result<WatchEvent<K>, E>> + Unpin,
+{
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
@@ -540,28 +543,42 @@ async fn watch_nodes(
         };
         match event {
             None => return,
-            Some(Err(e)) => warn!(error = %e, "node watch failed; retrying"),
-            Some(Ok(WatchEvent::Init)) => listed.clear(),
-            Some(Ok(WatchEvent::InitApply(node))) => {
-                listed.insert(node.metadata.name.clone().unwrap_or_default());
-                s.on_node(node);
-            }
-            Some(Ok(WatchEvent::InitDone)) => {
-                // A relist replaces the state: nodes not listed are gone.
-                for name in s.cache.node_names() {
-                    if !listed.contains(&name) {
-                        s.cache.remove_node(&name);
-                    }
-                }
-                let _ = synced.try_send("nodes");
-            }
-            Some(Ok(WatchEvent::Apply(node))) => s.on_node(node),
-            Some(Ok(WatchEvent::Delete(node))) => {
-                s.cache
-                    .remove_node(node.metadata.name.as_deref().unwrap_or(""));
-            }
+            Some(Err(e)) => warn!(error = %e, watch = what, "watch failed; retrying"),
+            Some(Ok(event)) => on_event(event),
         }
     }
+}
+
+async fn watch_nodes(
+    s: Arc<Scheduler>,
+    synced: mpsc::Sender<&'static str>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<Node> = Api::all(s.client.clone());
+    let stream = watcher(api, WatcherConfig::default()).boxed();
+    let mut listed: HashSet<String> = HashSet::new();
+    follow(stream, "nodes", shutdown, |event| match event {
+        WatchEvent::Init => listed.clear(),
+        WatchEvent::InitApply(node) => {
+            listed.insert(node.metadata.name.clone().unwrap_or_default());
+            s.on_node(node);
+        }
+        WatchEvent::InitDone => {
+            // A relist replaces the state: nodes not listed are gone.
+            for name in s.cache.node_names() {
+                if !listed.contains(&name) {
+                    s.cache.remove_node(&name);
+                }
+            }
+            let _ = synced.try_send("nodes");
+        }
+        WatchEvent::Apply(node) => s.on_node(node),
+        WatchEvent::Delete(node) => {
+            s.cache
+                .remove_node(node.metadata.name.as_deref().unwrap_or(""));
+        }
+    })
+    .await;
 }
 
 async fn watch_pods(
@@ -570,43 +587,36 @@ async fn watch_pods(
     shutdown: CancellationToken,
 ) {
     let api: Api<Pod> = Api::all(s.client.clone());
-    let mut stream = watcher(api, WatcherConfig::default()).boxed();
+    let stream = watcher(api, WatcherConfig::default()).boxed();
     let mut listed: HashSet<String> = HashSet::new();
-    loop {
-        let event = tokio::select! {
-            e = stream.next() => e,
-            _ = shutdown.cancelled() => return,
-        };
-        match event {
-            None => return,
-            Some(Err(e)) => warn!(error = %e, "pod watch failed; retrying"),
-            Some(Ok(WatchEvent::Init)) => listed.clear(),
-            Some(Ok(WatchEvent::InitApply(pod))) => {
-                listed.insert(format!(
-                    "{}/{}",
-                    pod.metadata.namespace.as_deref().unwrap_or(""),
-                    pod.metadata.name.as_deref().unwrap_or("")
-                ));
-                s.on_pod(pod);
-            }
-            Some(Ok(WatchEvent::Apply(pod))) => s.on_pod(pod),
-            Some(Ok(WatchEvent::InitDone)) => {
-                // A relist replaces the state: bound pods not listed are gone (assumed
-                // pods stay: their bind may not have reached the apiserver yet).
-                for key in s.cache.bound_pod_keys() {
-                    if !listed.contains(&key) {
-                        s.cache.remove_pod(&key);
-                    }
-                }
-                s.queue.retain(|key| listed.contains(key));
-                listed = HashSet::new();
-                let _ = synced.try_send("pods");
-            }
-            Some(Ok(WatchEvent::Delete(pod))) => {
-                s.on_pod_deleted(&PodInfo::new(Arc::new(pod)));
-            }
+    follow(stream, "pods", shutdown, |event| match event {
+        WatchEvent::Init => listed.clear(),
+        WatchEvent::InitApply(pod) => {
+            listed.insert(format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or("")
+            ));
+            s.on_pod(pod);
         }
-    }
+        WatchEvent::Apply(pod) => s.on_pod(pod),
+        WatchEvent::InitDone => {
+            // A relist replaces the state: bound pods not listed are gone (assumed
+            // pods stay: their bind may not have reached the apiserver yet).
+            for key in s.cache.bound_pod_keys() {
+                if !listed.contains(&key) {
+                    s.cache.remove_pod(&key);
+                }
+            }
+            s.queue.retain(|key| listed.contains(key));
+            listed = HashSet::new();
+            let _ = synced.try_send("pods");
+        }
+        WatchEvent::Delete(pod) => {
+            s.on_pod_deleted(&PodInfo::new(Arc::new(pod)));
+        }
+    })
+    .await;
 }
 
 async fn watch_namespaces(
@@ -616,27 +626,19 @@ async fn watch_namespaces(
 ) {
     let api: Api<Namespace> = Api::all(s.client.clone());
     let (store, writer) = rkube_client::store::store();
-    let mut stream =
-        rkube_client::reflector(writer, watcher(api, WatcherConfig::default())).boxed();
+    let stream = rkube_client::reflector(writer, watcher(api, WatcherConfig::default())).boxed();
     let mut synced_once = false;
-    loop {
-        let event = tokio::select! {
-            e = stream.next() => e,
-            _ = shutdown.cancelled() => return,
-        };
-        match event {
-            None => return,
-            Some(Err(e)) => warn!(error = %e, "namespace watch failed; retrying"),
-            Some(Ok(WatchEvent::Init)) | Some(Ok(WatchEvent::InitApply(_))) => {}
-            Some(Ok(_)) => {
-                s.cache.set_namespaces(&store.state());
-                if !synced_once {
-                    synced_once = true;
-                    let _ = synced.try_send("namespaces");
-                }
+    follow(stream, "namespaces", shutdown, |event| match event {
+        WatchEvent::Init | WatchEvent::InitApply(_) => {}
+        _ => {
+            s.cache.set_namespaces(&store.state());
+            if !synced_once {
+                synced_once = true;
+                let _ = synced.try_send("namespaces");
             }
         }
-    }
+    })
+    .await;
 }
 
 /// The current time as a k8s-openapi timestamp (chrono's `clock` feature is off).
