@@ -112,7 +112,7 @@ impl LeaderElector {
     /// When the apiserver cannot be reached or refuses the write for a reason other
     /// than a lost race (conflict, already exists).
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let now = MicroTime(now_utc());
+        let now = MicroTime(crate::time::now());
         let existing = self
             .api
             .get_opt(&self.config.name)
@@ -185,7 +185,7 @@ impl LeaderElector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(MicroTime(now_utc()));
+        spec.renew_time = Some(MicroTime(crate::time::now()));
         match self.api.replace(&self.config.name, &lease).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_conflict() => Ok(()),
@@ -249,16 +249,6 @@ impl LeaderElector {
             }
         }
     }
-}
-
-/// The current time as a k8s-openapi timestamp (chrono's `clock` feature is off).
-fn now_utc() -> k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc> {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
-    k8s_openapi::chrono::DateTime::from_timestamp(secs, since_epoch.subsec_nanos())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

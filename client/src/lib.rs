@@ -40,6 +40,7 @@ pub mod controller;
 pub mod leader;
 pub mod queue;
 pub mod store;
+pub mod time;
 pub mod watcher;
 
 pub use api::{

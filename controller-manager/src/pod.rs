@@ -6,15 +6,7 @@ use std::cmp::Ordering;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::chrono::{DateTime, Utc};
-
-/// The current time, as Kubernetes timestamps hold it.
-pub fn now() -> DateTime<Utc> {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    DateTime::<Utc>::from_timestamp(since_epoch.as_secs() as i64, since_epoch.subsec_nanos())
-        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
-}
+pub use rkube_client::time::now;
 
 /// Not terminated (Succeeded/Failed) and not being deleted: counts towards replicas.
 pub fn is_active(pod: &Pod) -> bool {

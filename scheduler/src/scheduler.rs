@@ -434,7 +434,7 @@ async fn set_condition(
         let status = current.status.get_or_insert_with(Default::default);
         let conditions = status.conditions.get_or_insert_with(Vec::new);
         let existing = conditions.iter_mut().find(|c| c.type_ == "PodScheduled");
-        let now = Time(now_utc());
+        let now = Time(rkube_client::time::now());
         match existing {
             Some(c)
                 if c.status == "False"
@@ -476,7 +476,7 @@ async fn record_events(client: Client, mut rx: mpsc::Receiver<PendingEvent>) {
         seq += 1;
         let namespace = e.pod.metadata.namespace.clone().unwrap_or_default();
         let name = e.pod.metadata.name.clone().unwrap_or_default();
-        let now = now_utc();
+        let now = rkube_client::time::now();
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!(
@@ -639,14 +639,4 @@ async fn watch_namespaces(
         }
     })
     .await;
-}
-
-/// The current time as a k8s-openapi timestamp (chrono's `clock` feature is off).
-fn now_utc() -> k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc> {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
-    k8s_openapi::chrono::DateTime::from_timestamp(secs, since_epoch.subsec_nanos())
-        .unwrap_or_default()
 }
