@@ -6,6 +6,8 @@
 //! Both clean up on drop: etcd is killed and its data removed; the apiserver is shut
 //! down through its cancellation token.
 
+pub mod node;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};

@@ -3,13 +3,15 @@
 //! workers can be tested without root.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use k8s_openapi::chrono::Utc;
 use parking_lot::Mutex;
 
 use super::{
-    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error, ImageRef,
-    PullPolicy, Result, SandboxConfig, SandboxId, StopSignal,
+    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error,
+    ExecOutput, ImageRef, PullPolicy, Result, SandboxConfig, SandboxId, SandboxStatus, StopSignal,
 };
 
 /// One call the fake received, named by pod and container names so tests read well.
@@ -23,6 +25,8 @@ pub enum Call {
     StartContainer(String),
     KillContainer(String, StopSignal),
     RemoveContainer(String),
+    /// Container name and command.
+    Exec(String, Vec<String>),
 }
 
 /// How containers of one name behave.
@@ -51,6 +55,11 @@ struct Inner {
     sandboxes: HashMap<SandboxId, String>,
     /// The config of the latest container created under each name.
     configs: HashMap<String, ContainerConfig>,
+    /// What `exec_sync` answers in containers of each name (default: exit 0, no output).
+    exec_results: HashMap<String, ExecOutput>,
+    /// IPs handed to sandboxes so far (10.88.0.N).
+    next_ip: u8,
+    sandbox_ips: HashMap<SandboxId, IpAddr>,
 }
 
 /// The recording fake runtime.
@@ -100,6 +109,14 @@ impl FakeRuntime {
             }
             None => false,
         }
+    }
+
+    /// `exec_sync` in containers named `name` answers `result` from now on.
+    pub fn set_exec_result(&self, name: &str, result: ExecOutput) {
+        self.inner
+            .lock()
+            .exec_results
+            .insert(name.to_string(), result);
     }
 
     /// Every call so far, in order.
@@ -170,7 +187,23 @@ impl ContainerRuntime for FakeRuntime {
         inner.calls.push(Call::CreateSandbox(config.name.clone()));
         let id = SandboxId(config.pod_uid.clone());
         inner.sandboxes.insert(id.clone(), config.name.clone());
+        if !inner.sandbox_ips.contains_key(&id) {
+            inner.next_ip = inner.next_ip.wrapping_add(1);
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 88, 0, inner.next_ip));
+            inner.sandbox_ips.insert(id.clone(), ip);
+        }
         Ok(id)
+    }
+
+    async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
+        let inner = self.inner.lock();
+        if !inner.sandboxes.contains_key(id) {
+            return Err(Error::SandboxNotFound { id: id.0.clone() });
+        }
+        Ok(SandboxStatus {
+            netns: None,
+            ip: inner.sandbox_ips.get(id).copied(),
+        })
     }
 
     async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
@@ -180,6 +213,7 @@ impl ContainerRuntime for FakeRuntime {
             .remove(id)
             .ok_or_else(|| Error::SandboxNotFound { id: id.0.clone() })?;
         inner.calls.push(Call::RemoveSandbox(name));
+        inner.sandbox_ips.remove(id);
         Ok(())
     }
 
@@ -275,5 +309,17 @@ impl ContainerRuntime for FakeRuntime {
             .get(id)
             .map(|c| c.state.clone())
             .ok_or_else(|| Error::ContainerNotFound { id: id.0.clone() })
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &ContainerId,
+        command: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let mut inner = self.inner.lock();
+        let name = Self::name_of(&inner, id)?;
+        inner.calls.push(Call::Exec(name.clone(), command.to_vec()));
+        Ok(inner.exec_results.get(&name).cloned().unwrap_or_default())
     }
 }

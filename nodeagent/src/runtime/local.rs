@@ -26,8 +26,8 @@ use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
 use super::{
-    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error, ImageRef,
-    PullPolicy, Result, SandboxConfig, SandboxId, StopSignal,
+    ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error,
+    ExecOutput, ImageRef, PullPolicy, Result, SandboxConfig, SandboxId, SandboxStatus, StopSignal,
 };
 
 /// How long removal waits for a killed container's helper to record the exit.
@@ -339,6 +339,18 @@ impl ContainerRuntime for LocalRuntime {
         Ok(id)
     }
 
+    async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
+        let paths = self.sandbox_paths(id);
+        let pid = state::read_pid(&paths.pid()).map_err(failed("inspect sandbox", &id.0))?;
+        match pid {
+            Some(pid) if alive(pid) => Ok(SandboxStatus {
+                netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+                ip: None,
+            }),
+            _ => Err(Error::SandboxNotFound { id: id.0.clone() }),
+        }
+    }
+
     async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
         let paths = self.sandbox_paths(id);
         if let Some(pid) = state::read_pid(&paths.pid()).map_err(failed("remove sandbox", &id.0))? {
@@ -639,6 +651,18 @@ impl ContainerRuntime for LocalRuntime {
             },
             started_at: started.map(|s| s.started_at),
             finished_at: exited.finished_at,
+        })
+    }
+
+    async fn exec_sync(
+        &self,
+        _id: &ContainerId,
+        _command: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput> {
+        Err(Error::Unsupported {
+            runtime: "local",
+            operation: "exec",
         })
     }
 }

@@ -8,7 +8,9 @@
 //! the agent and its [`crate::shim`] helpers talk).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::chrono::{DateTime, Utc};
 
@@ -35,6 +37,9 @@ pub enum Error {
     ContainerNotFound { id: String },
     #[error("sandbox {id} not found")]
     SandboxNotFound { id: String },
+    /// A command run in a container did not finish in time.
+    #[error("command in container {id} timed out after {timeout:?}")]
+    Timeout { id: String, timeout: Duration },
     /// The operation exists in the interface but this runtime does not implement it yet.
     #[error("{operation} is not implemented by the {runtime} runtime yet")]
     Unsupported {
@@ -107,6 +112,24 @@ pub struct SandboxConfig {
 /// The runtime's handle on a pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SandboxId(pub String);
+
+/// What the runtime knows of a running sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxStatus {
+    /// The sandbox's network namespace (`/proc/<pid>/ns/net` of its pause process);
+    /// `None` when the runtime has no such file (the fake).
+    pub netns: Option<PathBuf>,
+    /// The pod's IP, once the pod network gave it one.
+    pub ip: Option<IpAddr>,
+}
+
+/// What a command run to completion in a container produced (exec probes, hooks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    /// stdout and stderr, interleaved as written, cut at a size the runtime chooses.
+    pub output: Vec<u8>,
+}
 
 /// Resource limits of one container, already converted to kernel units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -219,6 +242,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         config: &SandboxConfig,
     ) -> impl Future<Output = Result<SandboxId>> + Send;
 
+    /// The sandbox's network namespace and pod IP.
+    fn sandbox_status(&self, id: &SandboxId) -> impl Future<Output = Result<SandboxStatus>> + Send;
+
     /// Removes a sandbox whose containers are all removed.
     fn remove_sandbox(&self, id: &SandboxId) -> impl Future<Output = Result<()>> + Send;
 
@@ -254,6 +280,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         id: &ContainerId,
     ) -> impl Future<Output = Result<ContainerState>> + Send;
+
+    /// Runs `command` in the running container and waits for it, at most `timeout`
+    /// (then it is killed and [`Error::Timeout`] returned). For exec probes and hooks.
+    fn exec_sync(
+        &self,
+        id: &ContainerId,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
 }
 
 #[cfg(test)]
