@@ -553,6 +553,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             read_only_root_filesystem: security
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
+            security: Default::default(),
             resources: resources(spec),
             mounts,
             attempt: tracked.attempts,

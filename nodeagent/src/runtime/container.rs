@@ -223,6 +223,7 @@ mod tests {
             run_as_user: None,
             run_as_group: None,
             read_only_root_filesystem: true,
+            security: Default::default(),
             resources: Resources {
                 cpu_shares: Some(256),
                 cpu_quota: Some(50_000),

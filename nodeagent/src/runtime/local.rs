@@ -686,6 +686,7 @@ mod tests {
             run_as_user: None,
             run_as_group: None,
             read_only_root_filesystem: false,
+            security: Default::default(),
             resources: Resources::default(),
             mounts: Vec::new(),
             attempt,

@@ -157,11 +157,36 @@ pub struct ContainerConfig {
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
     pub read_only_root_filesystem: bool,
+    /// Privileges: capabilities, seccomp, privileged mode.
+    pub security: Security,
     pub resources: Resources,
     /// Volumes bind-mounted into the container, in `volumeMounts` order.
     pub mounts: Vec<Mount>,
     /// How many times this container was started before in this pod (0 first).
     pub attempt: u32,
+}
+
+/// A container's privileges, from its `securityContext` (and the pod's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `privileged: true`: every capability, no seccomp, no masked or read-only paths.
+    pub privileged: bool,
+    /// `capabilities.add`, as Kubernetes names them (`NET_ADMIN`, `CAP_` optional).
+    pub capabilities_add: Vec<String>,
+    /// `capabilities.drop` (`ALL` drops every default capability).
+    pub capabilities_drop: Vec<String>,
+    /// `allowPrivilegeEscalation: false` sets no_new_privs.
+    pub no_new_privileges: bool,
+    /// The seccomp profile to apply.
+    pub seccomp: SeccompProfile,
+}
+
+/// `seccompProfile.type`: the runtime's default profile unless the pod says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SeccompProfile {
+    #[default]
+    RuntimeDefault,
+    Unconfined,
 }
 
 /// A host path bind-mounted into a container (a volume, or a `subPath` of one).
