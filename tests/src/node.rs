@@ -172,12 +172,19 @@ pub fn tar_header() -> tar::Header {
     header
 }
 
-/// A one-layer image: `/bin/busybox` and its applet links `sh`, `echo`, `sleep`, `cat`.
+/// The busybox applets the test image links in `/bin`.
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "cat", "ls", "id", "env", "true", "false", "test", "grep", "mkdir",
+    "rm", "touch", "hostname", "httpd", "nc", "wget", "ip", "ping", "nslookup", "dd", "head",
+    "printf", "date", "ps", "kill", "wc", "tr", "seq", "yes",
+];
+
+/// A one-layer image: `/bin/busybox` and links to it for each of [`APPLETS`].
 pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
     let binary =
         std::fs::read(BUSYBOX).with_context(|| format!("read {BUSYBOX} (busybox-static)"))?;
     let mut builder = tar::Builder::new(Vec::new());
-    for dir in ["bin/", "tmp/"] {
+    for dir in ["bin/", "tmp/", "etc/", "var/", "www/"] {
         let mut header = tar_header();
         header.set_entry_type(tar::EntryType::Directory);
         header.set_mode(0o755);
@@ -188,7 +195,7 @@ pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
     header.set_mode(0o755);
     header.set_size(binary.len() as u64);
     builder.append_data(&mut header, "bin/busybox", binary.as_slice())?;
-    for applet in ["sh", "echo", "sleep", "cat"] {
+    for applet in APPLETS {
         let mut header = tar_header();
         header.set_entry_type(tar::EntryType::Symlink);
         header.set_mode(0o777);
