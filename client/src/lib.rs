@@ -37,6 +37,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod queue;
 pub mod store;

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::ApiWriter;
-use crate::events::EventRecorder;
 use crate::gc::GarbageCollector;
 use crate::{daemonset, deployment, endpoints, namespace, node_ipam, node_lifecycle, replicaset};
 
@@ -113,7 +112,7 @@ pub async fn run_with_client(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let writer = Arc::new(ApiWriter::new(client.clone()));
-    let events = EventRecorder::spawn(writer.clone(), shutdown.clone());
+    let events = crate::events::spawn(writer.clone(), shutdown.clone());
     let pods: Informer<Pod> = informer(&client, &shutdown);
     let replicasets: Informer<ReplicaSet> = informer(&client, &shutdown);
     let deployments: Informer<Deployment> = informer(&client, &shutdown);
