@@ -70,6 +70,13 @@ pub struct Stored {
     pub mod_revision: i64,
 }
 
+/// Whether `key` is one of the apiserver's own bookkeeping keys under the prefix (the
+/// tick key, `/registry/~…`), which hold no object.
+fn is_internal(key: &[u8]) -> bool {
+    key.strip_prefix(PREFIX.as_bytes())
+        .is_some_and(|rest| rest.starts_with(b"~"))
+}
+
 /// Parses a stored value and injects its revision as `resourceVersion`.
 pub fn decode(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Value> {
     let mut obj: Value = serde_json::from_slice(value).map_err(|source| Error::Corrupt {
@@ -339,6 +346,9 @@ impl Storage {
         };
         let mut items = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
+            if is_internal(kv.key()) {
+                continue;
+            }
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = decode(kv.key(), kv.value(), kv.mod_revision())?;
             items.push((

@@ -780,3 +780,40 @@ async fn requests_without_credentials_are_refused() {
     let (code, _) = c.call(Method::GET, "/api/v1/namespaces", None).await;
     assert_eq!(code, StatusCode::OK);
 }
+
+/// A second apiserver on the same etcd (a restart, or a replica) loads what the first
+/// stored — including its own bookkeeping keys, which hold no object.
+#[tokio::test]
+async fn a_restarted_apiserver_loads_the_stored_objects() {
+    let etcd = Etcd::start().await.expect("start etcd");
+    let first = TestApiserver::start(&etcd).await.expect("start apiserver");
+    let resp = first
+        .http()
+        .post(format!("{}{CMS}", first.url()))
+        .header("content-type", "application/json")
+        .body(cm("kept", json!({})).to_string())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // A consistent list writes the tick key.
+    let resp = first
+        .http()
+        .get(format!("{}{CMS}", first.url()))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(first);
+
+    let second = TestApiserver::start(&etcd)
+        .await
+        .expect("an apiserver starts on an etcd that holds a tick key");
+    let resp = second
+        .http()
+        .get(format!("{}{CMS}/kept", second.url()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
