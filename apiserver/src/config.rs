@@ -67,6 +67,16 @@ pub struct Config {
     /// Events each resource's watch cache keeps for watchers that resume.
     #[arg(long, default_value_t = 10_000)]
     pub watch_cache_events: usize,
+
+    /// PEM client certificate for the node agents' logs and exec service (CN
+    /// `rkube-apiserver`, signed by the cluster CA). Without it, `pods/log` and
+    /// `pods/exec` answer 503.
+    #[arg(long, requires = "kubelet_client_key")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+
+    /// PEM private key of `--kubelet-client-certificate`.
+    #[arg(long, requires = "kubelet_client_certificate")]
+    pub kubelet_client_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -86,6 +96,8 @@ impl Config {
             service_node_port_range: "30000-32767".into(),
             etcd_compaction_interval: 300,
             watch_cache_events: 10_000,
+            kubelet_client_certificate: None,
+            kubelet_client_key: None,
         }
     }
 }

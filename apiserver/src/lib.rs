@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod grpc;
+pub mod node_proxy;
 pub mod protobuf;
 pub mod registry;
 pub mod rest;
@@ -95,12 +96,21 @@ pub async fn run_with_listener(
                 .context("load TLS configuration")?,
         )
     };
-    let app = router(registry, authn);
+    let node_proxy = node_proxy::NodeProxy::from_flags(
+        config.kubelet_client_certificate.as_deref(),
+        config.kubelet_client_key.as_deref(),
+    )
+    .context("load the kubelet client certificate")?;
+    let app = router(registry, authn, node_proxy);
     serve::serve(listener, tls, app, shutdown).await
 }
 
 /// The one router: gRPC under its service path, everything else REST.
-pub fn router(registry: registry::Registry, authn: Arc<auth::Authenticator>) -> axum::Router {
+pub fn router(
+    registry: registry::Registry,
+    authn: Arc<auth::Authenticator>,
+    node_proxy: node_proxy::NodeProxy,
+) -> axum::Router {
     let authorizer: Arc<dyn auth::Authorizer> = Arc::new(auth::AllowAll);
     let grpc = rkube_proto::v1::resources_server::ResourcesServer::new(grpc::GrpcApi {
         registry: registry.clone(),
@@ -114,6 +124,7 @@ pub fn router(registry: registry::Registry, authn: Arc<auth::Authenticator>) -> 
         .with_state(Arc::new(rest::ApiState {
             registry,
             authorizer,
+            node_proxy,
         }))
         .layer(axum::middleware::from_fn_with_state(
             authn,

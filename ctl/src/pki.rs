@@ -29,6 +29,12 @@ pub const APISERVER_CERT: &str = "apiserver.crt";
 pub const APISERVER_KEY: &str = "apiserver.key";
 pub const ADMIN_CERT: &str = "admin.crt";
 pub const ADMIN_KEY: &str = "admin.key";
+/// The apiserver's client certificate for the node agents' `NodeAgent` service (logs,
+/// exec), as kubeadm's `apiserver-kubelet-client.crt`.
+pub const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+/// The CN (user) of [`KUBELET_CLIENT_CERT`]; node agents accept only this client.
+pub const KUBELET_CLIENT_USER: &str = "rkube-apiserver";
 pub const TOKENS: &str = "tokens.csv";
 
 /// Names the apiserver certificate is always valid for. `kubernetes*` and 10.96.0.1 are
@@ -199,6 +205,7 @@ impl ClusterPki {
             &issuer,
             "the admin certificate",
         )?;
+        issue_kubelet_client(dir, &issuer)?;
 
         let tokens: Vec<(Component, String)> = Component::ALL
             .iter()
@@ -225,6 +232,13 @@ impl ClusterPki {
             fs::metadata(&path).map_err(|source| Error::Read { path, source })?;
         }
         let ca_pem = read(&dir.join(CA_CERT))?;
+        // PKI directories from before the node agents served logs and exec lack the
+        // apiserver's kubelet client certificate: issue it from the existing CA.
+        if !dir.join(KUBELET_CLIENT_CERT).exists() || !dir.join(KUBELET_CLIENT_KEY).exists() {
+            let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?)
+                .map_err(gen_err("the CA key (parse)"))?;
+            issue_kubelet_client(dir, &Issuer::new(ca_params(), ca_key))?;
+        }
         let tokens_path = dir.join(TOKENS);
         let text = read(&tokens_path)?;
         let tokens = Component::ALL
@@ -328,6 +342,17 @@ impl ClusterPki {
         self.dir.join(ADMIN_KEY)
     }
 
+    /// The apiserver's client certificate for the node agents
+    /// (`--kubelet-client-certificate`).
+    pub fn kubelet_client_cert_path(&self) -> PathBuf {
+        self.dir.join(KUBELET_CLIENT_CERT)
+    }
+
+    /// Its private key (`--kubelet-client-key`).
+    pub fn kubelet_client_key_path(&self) -> PathBuf {
+        self.dir.join(KUBELET_CLIENT_KEY)
+    }
+
     /// The static token file for `rkube-apiserver --token-auth-file`.
     pub fn token_file_path(&self) -> PathBuf {
         self.dir.join(TOKENS)
@@ -413,6 +438,24 @@ fn issue(
     write_file(&dir.join(cert_file), &cert.pem(), 0o644)
 }
 
+/// The apiserver's client certificate for the node agents: CN `rkube-apiserver`, O
+/// `system:masters`, client auth only.
+fn issue_kubelet_client(dir: &Path, issuer: &Issuer<'_, KeyPair>) -> Result<()> {
+    let params = leaf_params(
+        Vec::new(),
+        name(KUBELET_CLIENT_USER, Some("system:masters")),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    issue(
+        dir,
+        KUBELET_CLIENT_CERT,
+        KUBELET_CLIENT_KEY,
+        &params,
+        issuer,
+        "the apiserver's kubelet client certificate",
+    )
+}
+
 /// 32 random bytes, hex.
 fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -471,10 +514,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = ClusterPki::generate(dir.path(), &["node-1.lab".to_string()]).expect("generate");
 
-        for file in [CA_KEY, APISERVER_KEY, ADMIN_KEY, TOKENS] {
+        for file in [CA_KEY, APISERVER_KEY, ADMIN_KEY, KUBELET_CLIENT_KEY, TOKENS] {
             assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
         }
-        for file in [CA_CERT, APISERVER_CERT, ADMIN_CERT] {
+        for file in [CA_CERT, APISERVER_CERT, ADMIN_CERT, KUBELET_CLIENT_CERT] {
             assert!(
                 read(&dir.path().join(file))
                     .expect("read")
@@ -512,6 +555,13 @@ mod tests {
     fn load_or_generate_reuses_the_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
         let first = ClusterPki::load_or_generate(dir.path(), &[]).expect("generate");
+        let kubelet_client = read(&first.kubelet_client_cert_path()).expect("read");
+        // A PKI from before the kubelet client certificate gets one on load.
+        fs::remove_file(first.kubelet_client_key_path()).expect("remove key");
+        let reloaded = ClusterPki::load(dir.path()).expect("load");
+        let reissued = read(&reloaded.kubelet_client_cert_path()).expect("read");
+        assert_ne!(kubelet_client, reissued, "a new certificate was issued");
+        assert_eq!(mode(&reloaded.kubelet_client_key_path()), 0o600);
         let second = ClusterPki::load_or_generate(dir.path(), &[]).expect("load");
         assert_eq!(first.ca_pem(), second.ca_pem());
         for component in Component::ALL {

@@ -5,7 +5,10 @@
 //! ([`discovery`]) or dispatches a resource request by method.
 
 pub mod discovery;
+pub mod exec;
+mod logs;
 pub mod path;
+mod stream;
 mod table;
 mod watch;
 
@@ -29,6 +32,7 @@ use rkube_api::{
 };
 
 use crate::auth::{Authorizer, Decision, RequestAttributes, UserInfo};
+use crate::node_proxy::NodeProxy;
 use crate::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, WriteOptions,
 };
@@ -43,6 +47,8 @@ pub struct ApiState {
     pub registry: Registry,
     /// Decides, after authentication, whether the user may make the request.
     pub authorizer: Arc<dyn Authorizer>,
+    /// Clients of the node agents, for `pods/log` and `pods/exec`.
+    pub node_proxy: NodeProxy,
 }
 
 type Query = HashMap<String, String>;
@@ -112,6 +118,9 @@ pub fn request_attributes(
     path: &str,
 ) -> RequestAttributes {
     let verb = match (method.as_str(), target.name.is_some()) {
+        // Opening a stream into a container creates something, whatever the method
+        // (kubectl's WebSocket is a GET, its SPDY fallback a POST).
+        _ if target.subresource.as_deref() == Some(Subresource::Exec.name()) => "create",
         ("GET" | "HEAD", false) if is_true(q, "watch") => "watch",
         ("GET" | "HEAD", false) => "list",
         ("GET" | "HEAD", true) => "get",
@@ -207,9 +216,48 @@ pub async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> R
             if let Err(status) = authorize(state.authorizer.as_ref(), user, &attrs) {
                 return status_response(&status);
             }
+            if let Some(sub) = stream_subresource(&target) {
+                return stream_request(&state, parts, &query, &target, sub).await;
+            }
             resource_request(&state, parts.method, &parts.headers, &query, target, body).await
         }
         Route::NotFound => status_response(&Status::path_not_found()),
+        _ => status_response(&Status::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({})",
+            parts.method
+        ))),
+    }
+}
+
+/// `pods/log` or `pods/exec` on a named object: served by the pod's node agent.
+fn stream_subresource(target: &Target) -> Option<Subresource> {
+    let sub = Subresource::from_name(target.subresource.as_deref()?)?;
+    (matches!(sub, Subresource::Log | Subresource::Exec)
+        && target.resource.has(sub)
+        && target.name.is_some())
+    .then_some(sub)
+}
+
+/// Proxies a log or exec request to the pod's node agent.
+async fn stream_request(
+    state: &ApiState,
+    parts: axum::http::request::Parts,
+    query: &Query,
+    target: &Target,
+    sub: Subresource,
+) -> Response {
+    let (Some(namespace), Some(name)) = (target.namespace.as_deref(), target.name.as_deref())
+    else {
+        return status_response(&Status::path_not_found());
+    };
+    match sub {
+        Subresource::Log if parts.method == Method::GET => {
+            logs::serve(state, namespace, name, query).await
+        }
+        // GET for WebSocket; kubectl's SPDY fallback POSTs and gets a clear refusal.
+        Subresource::Exec if parts.method == Method::GET || parts.method == Method::POST => {
+            exec::serve(state, parts, namespace, name).await
+        }
         _ => status_response(&Status::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",
             parts.method
@@ -434,11 +482,6 @@ async fn dispatch(
             reg.bind(ns.unwrap_or("default"), name, &binding).await?;
             json_response(StatusCode::CREATED, &Status::success(None).to_json(), &[])
         }
-        (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => {
-            return Err(Box::new(Status::unavailable(
-                "logs and exec are served by the node agent, which this cluster does not run yet",
-            )))
-        }
         (m, _, _) => {
             return Err(Box::new(Status::method_not_allowed(format!(
                 "the server does not allow this method on the requested resource ({m})"
@@ -655,6 +698,20 @@ mod tests {
                 &none,
                 "deletecollection",
             ),
+            // kubectl's WebSocket exec is a GET, its SPDY fallback a POST: both create.
+            (
+                Method::GET,
+                "/api/v1/namespaces/d/pods/p/exec",
+                &none,
+                "create",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/d/pods/p/exec",
+                &none,
+                "create",
+            ),
+            (Method::GET, "/api/v1/namespaces/d/pods/p/log", &none, "get"),
         ];
         for (method, path, q, verb) in cases {
             let attrs = request_attributes(&method, &target(path), q, path);
