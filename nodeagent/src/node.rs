@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::chrono::{DateTime, Utc};
@@ -59,6 +62,7 @@ pub struct NodeRegistrar {
     nodes: Api<Node>,
     name: String,
     machine: MachineInfo,
+    kubelet_port: Option<u16>,
 }
 
 impl NodeRegistrar {
@@ -67,7 +71,15 @@ impl NodeRegistrar {
             nodes: Api::all(client),
             name,
             machine,
+            kubelet_port: None,
         }
+    }
+
+    /// Reports `port` as `status.daemonEndpoints.kubeletEndpoint.port`: where the
+    /// agent's own service (logs, exec, stats) listens.
+    pub fn with_kubelet_port(mut self, port: u16) -> Self {
+        self.kubelet_port = Some(port);
+        self
     }
 
     /// Creates the Node, or adopts the existing one (setting our labels), then writes its
@@ -114,6 +126,24 @@ impl NodeRegistrar {
                 })
             }
         };
+        // The controller-manager's node IPAM may set `spec.podCIDR` between the create
+        // and this write (409 Conflict): read the Node again and retry, as kubelet does.
+        let mut node = node;
+        for _ in 0..5 {
+            match self.update_status(node.clone()).await {
+                Err(Error::UpdateStatus { source, .. }) if source.is_conflict() => {
+                    node = self
+                        .nodes
+                        .get(&self.name)
+                        .await
+                        .map_err(|source| Error::Get {
+                            name: self.name.clone(),
+                            source,
+                        })?;
+                }
+                result => return result,
+            }
+        }
         self.update_status(node).await
     }
 
@@ -141,7 +171,15 @@ impl NodeRegistrar {
 
     async fn update_status(&self, mut node: Node) -> Result<Node> {
         let previous = node.status.take();
-        node.status = Some(node_status(&self.machine, previous.as_ref(), Utc::now()));
+        let mut status = node_status(&self.machine, previous.as_ref(), Utc::now());
+        if let Some(port) = self.kubelet_port {
+            status.daemon_endpoints = Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(port),
+                }),
+            });
+        }
+        node.status = Some(status);
         self.nodes
             .replace_status(&self.name, &node)
             .await

@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::log::{CriLog, Stream};
+use super::log::{CriLog, RotatingFile, Stream};
 use super::{detach, io, sys, Error, Result};
 use crate::runtime::state::{self, ContainerPaths, Exited, Started};
 
@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// The container's cgroup path, relative to each hierarchy's root.
     #[arg(long)]
     pub cgroup: PathBuf,
+    /// Rotate the log once it would grow past this many bytes.
+    #[arg(long, default_value_t = super::log::DEFAULT_MAX_SIZE)]
+    pub log_max_size: u64,
+    /// How many log files to keep, the live one included.
+    #[arg(long, default_value_t = super::log::DEFAULT_MAX_FILES)]
+    pub log_max_files: usize,
 }
 
 /// Arguments of `shim delete`.
@@ -80,7 +86,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             operation: "find the container's process",
             source: nix::Error::ESRCH,
         })?;
-    let status = copy_output(&args.log, pid, stdout, stderr)?;
+    let status = copy_output(args, pid, stdout, stderr)?;
     let exit_code = match status {
         WaitStatus::Exited(_, code) => code,
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
@@ -146,13 +152,10 @@ fn start(args: &RunArgs, paths: &ContainerPaths) -> Result<(Container, OwnedFd, 
 
 /// Copies the container's output into the log until its init process exits, then what
 /// is left in the pipes; returns how it exited (without reaping it).
-fn copy_output(log: &Path, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Result<WaitStatus> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io(log))?;
-    let mut log_writer = CriLog::new(std::io::BufWriter::new(file));
+fn copy_output(args: &RunArgs, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Result<WaitStatus> {
+    let log = args.log.as_path();
+    let file = RotatingFile::open(log, args.log_max_size, args.log_max_files).map_err(io(log))?;
+    let mut log_writer = CriLog::new(file);
     let mut pipes = [
         (Stream::Stdout, Some(File::from(stdout))),
         (Stream::Stderr, Some(File::from(stderr))),

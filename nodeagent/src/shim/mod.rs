@@ -8,6 +8,8 @@
 //!   files of [`crate::runtime::state`], then deletes the libcontainer state and cgroup;
 //!   `shim delete` cleans up after a helper that died.
 //! - [`pause`]: `shim pause` holds a pod sandbox's network, IPC and UTS namespaces.
+//! - [`exec`]: `shim exec` runs a command in a running container (a child of the agent,
+//!   not detached) and reports its exit on a control socket.
 //!
 //! Long-lived helpers [`detach`]: the process the agent started (the launcher) exits as
 //! soon as the helper reports that it is ready (status 0) or failed (status 1, the
@@ -25,6 +27,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::ForkResult;
 
 pub mod container;
+pub mod exec;
 pub mod log;
 pub mod pause;
 
@@ -77,6 +80,8 @@ pub enum Command {
     Delete(container::DeleteArgs),
     /// Hold new network, IPC and UTS namespaces for a pod sandbox.
     Pause(pause::PauseArgs),
+    /// Run a command in a running container and report how it ended.
+    Exec(exec::ExecArgs),
 }
 
 /// `shim <command>` on its own, for binaries that embed the helper (the tests).
@@ -98,6 +103,7 @@ pub fn main(command: Command) -> ExitCode {
         Command::Run(args) => container::run(&args),
         Command::Delete(args) => container::delete(&args),
         Command::Pause(args) => pause::run(&args),
+        Command::Exec(args) => exec::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
