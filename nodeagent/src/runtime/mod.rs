@@ -5,7 +5,8 @@
 //! The built-in runtime's parts: [`image`] (pull, verify, content-addressed layer store),
 //! [`layer`] (tar unpacking with overlay whiteouts), [`rootfs`] (the overlay mount),
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
-//! the agent and its [`crate::shim`] helpers talk).
+//! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
+//! containers and [`logs`] reads their CRI logs.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -15,14 +16,17 @@ use std::time::Duration;
 use k8s_openapi::chrono::{DateTime, Utc};
 
 pub mod container;
+pub mod exec;
 pub mod fake;
 pub mod image;
 pub mod layer;
 pub mod local;
+pub mod logs;
 pub mod rootfs;
+pub mod seccomp;
 pub mod state;
 
-pub use local::{LocalRuntime, LocalRuntimeConfig};
+pub use local::{LocalRuntime, LocalRuntimeConfig, LogRotation};
 
 /// What a runtime operation can fail with.
 #[derive(Debug, thiserror::Error)]
