@@ -1,5 +1,7 @@
 //! One pod's worker: brings the runtime in line with the pod spec (sandbox, init
-//! containers in order, app containers, restart policy with CrashLoopBackOff), reports
+//! containers in order, app containers, restart policy with CrashLoopBackOff), runs
+//! lifecycle hooks and [`probe`](crate::probe)s (a failed liveness or startup probe
+//! restarts the container, readiness gates `Ready`), records kubelet's events, reports
 //! status, and on deletion stops the containers gracefully and removes the pod.
 
 use std::collections::HashMap;
@@ -13,13 +15,15 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, KeyToPath, Pod, PodSpec, PodStatus, Secret, Volume,
 };
 use k8s_openapi::chrono::Utc;
+use rkube_client::events::{EventRecorder, EventType};
 use rkube_client::{api, Api, Client, DeleteParams};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use crate::backoff::{CrashLoopBackOff, Decision};
+use crate::probe::{self, NetTarget, ProbeKind, ProbeResult, Timing};
 use crate::runtime::{
     self, ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Mount, PullPolicy,
     Resources, SandboxConfig, SandboxId, StopSignal,
@@ -218,6 +222,22 @@ struct Tracked {
     pull_backoff: CrashLoopBackOff,
     /// Wall-clock start of the current instance, to measure how long it ran.
     started: Option<Instant>,
+    /// Stops every prober of the current instance when dropped (also with the worker).
+    probers: Option<DropGuard>,
+    /// Stops the startup prober alone (once the startup probe passed).
+    startup_prober: Option<CancellationToken>,
+    /// Consecutive (successes, failures) of each probe of the current instance.
+    probe_runs: HashMap<ProbeKind, (u32, u32)>,
+}
+
+impl Tracked {
+    /// Stops the probers of the current instance and forgets their counts.
+    fn stop_probers(&mut self) {
+        // Dropping the guard cancels the token every prober watches.
+        self.probers = None;
+        self.startup_prober = None;
+        self.probe_runs.clear();
+    }
 }
 
 /// Whether the worker goes on after a sync.
@@ -250,6 +270,52 @@ pub struct PodWorker<R, A> {
     containers: HashMap<String, Tracked>,
     start_time: Option<k8s_openapi::chrono::DateTime<Utc>>,
     written: Option<PodStatus>,
+    events: EventRecorder,
+    /// Probers send every attempt here; the worker syncs at once on each.
+    probe_sender: mpsc::UnboundedSender<ProbeResult>,
+    probe_results: mpsc::UnboundedReceiver<ProbeResult>,
+    /// Results taken from the channel by the run loop, applied by the next sync.
+    pending_probes: Vec<ProbeResult>,
+    /// The sandbox's network namespace and IP (podIP), once known.
+    net: NetTarget,
+    /// The last volume set-up error an event was recorded for.
+    mount_error: Option<String>,
+}
+
+/// `spec.containers{name}`: an event's `fieldPath` for a container of the pod.
+fn field_path(pod: &Pod, name: &str) -> String {
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|list| list.iter().any(|c| c.name == name));
+    if init {
+        format!("spec.initContainers{{{name}}}")
+    } else {
+        format!("spec.containers{{{name}}}")
+    }
+}
+
+/// Records a kubelet event about container `name` of `pod`.
+fn container_event(
+    events: &EventRecorder,
+    pod: &Pod,
+    name: &str,
+    kind: EventType,
+    reason: &str,
+    message: String,
+) {
+    events.record_at(pod, Some(&field_path(pod, name)), kind, reason, message);
+}
+
+/// `name_namespace(uid)`, as kubelet names a pod in messages.
+fn pod_label(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.uid.as_deref().unwrap_or(""),
+    )
 }
 
 impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
@@ -259,9 +325,17 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         host_ip: IpAddr,
         resync: Duration,
         pods_dir: PathBuf,
+        events: EventRecorder,
         pod: &Pod,
     ) -> Self {
+        let (probe_sender, probe_results) = mpsc::unbounded_channel();
         PodWorker {
+            events,
+            probe_sender,
+            probe_results,
+            pending_probes: Vec::new(),
+            net: NetTarget::default(),
+            mount_error: None,
             runtime,
             api,
             host_ip,
@@ -292,18 +366,22 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         loop {
             let update = updates.borrow_and_update().clone();
             if self.sync(&update).await == Next::Done {
-                return;
+                break;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 changed = updates.changed() => {
                     if changed.is_err() {
                         // The dispatcher is gone: nothing will tell us about this pod again.
-                        return;
+                        break;
                     }
                 }
+                Some(result) = self.probe_results.recv() => self.pending_probes.push(result),
                 _ = tokio::time::sleep(self.resync) => {}
             }
+        }
+        for tracked in self.containers.values_mut() {
+            tracked.stop_probers();
         }
     }
 
@@ -316,7 +394,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             } else {
                 grace_period(pod)
             };
-            self.terminate(grace).await;
+            self.terminate(pod, grace).await;
             if !update.removed {
                 if let Err(err) = self.api.delete(pod).await {
                     warn!(pod = %self.key, error = %err, "failed to remove pod; retrying");
@@ -333,6 +411,9 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         self.refresh().await;
         let phase = self.written.as_ref().and_then(|s| s.phase.as_deref());
         if !matches!(phase, Some("Succeeded") | Some("Failed")) {
+            if self.apply_probe_results(pod, spec).await {
+                self.refresh().await;
+            }
             self.converge(pod, spec).await;
         }
         self.report(pod, spec).await;
@@ -357,6 +438,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                                 .map(|s| now.saturating_duration_since(s))
                                 .unwrap_or_default();
                             tracked.crash_backoff.exited(now, ran);
+                            tracked.stop_probers();
                             info!(pod = %self.key, container = %tracked.obs.name, exit_code, "container exited");
                         }
                     }
@@ -388,6 +470,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                     Ok(id) => {
                         info!(pod = %self.key, sandbox = %id.0, "created sandbox");
                         self.sandbox = Some(id.clone());
+                        self.read_sandbox_status(&id).await;
                         self.adopt(pod, &id).await;
                         id
                     }
@@ -398,11 +481,21 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 }
             }
         };
+        if self.net.pod_ip.is_none() {
+            // The pod network may hand out the address after the sandbox exists.
+            self.read_sandbox_status(&sandbox).await;
+        }
         if let Err(message) = self.set_up_volumes(pod, spec).await {
             // kubelet's FailedMount: the containers wait until the volumes can be made.
             warn!(pod = %self.key, error = %message, "failed to set up volumes; retrying");
+            if self.mount_error.as_deref() != Some(message.as_str()) {
+                self.events
+                    .record(pod, EventType::Warning, "FailedMount", message.clone());
+                self.mount_error = Some(message);
+            }
             return;
         }
+        self.mount_error = None;
         let policy = spec
             .restart_policy
             .as_deref()
@@ -451,24 +544,39 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         }
     }
 
-    /// Starts (or restarts) one container, honouring the crash and pull back-offs.
+    /// Starts (or restarts) one container, honouring the crash and pull back-offs, then
+    /// runs its postStart hook and starts its probers.
     async fn start(&mut self, pod: &Pod, sandbox: &SandboxId, spec: &Container) {
         let now = Instant::now();
         let key = self.key.clone();
+        let events = self.events.clone();
+        let event = |kind: EventType, reason: &str, message: String| {
+            container_event(&events, pod, &spec.name, kind, reason, message)
+        };
         let Some(tracked) = self.containers.get_mut(&spec.name) else {
             return;
         };
+        let waiting_reason = tracked.obs.waiting.as_ref().map(|w| w.reason.clone());
         if tracked.id.is_some() {
             if let Decision::Wait { delay, .. } = tracked.crash_backoff.decide(now) {
+                if waiting_reason.as_deref() != Some("CrashLoopBackOff") {
+                    event(
+                        EventType::Warning,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            spec.name,
+                            pod_label(pod)
+                        ),
+                    );
+                }
                 tracked.obs.waiting = Some(Waiting {
                     reason: "CrashLoopBackOff".into(),
                     message: Some(format!(
-                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        "back-off {}s restarting failed container={} pod={}",
                         delay.as_secs(),
                         spec.name,
-                        pod.metadata.name.as_deref().unwrap_or(""),
-                        pod.metadata.namespace.as_deref().unwrap_or(""),
-                        pod.metadata.uid.as_deref().unwrap_or(""),
+                        pod_label(pod),
                     )),
                 });
                 return;
@@ -478,11 +586,23 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         // Image.
         let image = spec.image.clone().unwrap_or_default();
         let pulling_after_failure = matches!(
-            tracked.obs.waiting.as_ref().map(|w| w.reason.as_str()),
+            waiting_reason.as_deref(),
             Some("ErrImagePull") | Some("ImagePullBackOff")
         );
         if pulling_after_failure {
             if let Decision::Wait { .. } = tracked.pull_backoff.decide(now) {
+                if waiting_reason.as_deref() != Some("ImagePullBackOff") {
+                    event(
+                        EventType::Normal,
+                        "BackOff",
+                        format!("Back-off pulling image {image:?}"),
+                    );
+                    event(
+                        EventType::Warning,
+                        "Failed",
+                        "Error: ImagePullBackOff".into(),
+                    );
+                }
                 let last = tracked.obs.waiting.as_ref().and_then(|w| w.message.clone());
                 tracked.obs.waiting = Some(Waiting {
                     reason: "ImagePullBackOff".into(),
@@ -496,6 +616,17 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             }
         }
         let policy = PullPolicy::of(spec.image_pull_policy.as_deref(), &image);
+        // kubelet says "Pulling" when it goes to the registry; a restart with an image
+        // that may stay is "already present".
+        let pulls = policy == PullPolicy::Always || tracked.obs.image_id.is_none();
+        if pulls {
+            event(
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image {image:?}"),
+            );
+        }
+        let pull_started = std::time::Instant::now();
         let image_ref = match self.runtime.pull_image(&image, policy).await {
             Ok(image_ref) => image_ref,
             Err(err) => {
@@ -504,6 +635,12 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                     _ => "ErrImagePull",
                 };
                 warn!(pod = %key, container = %spec.name, image = %image, error = %err, "failed to pull image");
+                event(
+                    EventType::Warning,
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {err}"),
+                );
+                event(EventType::Warning, "Failed", format!("Error: {reason}"));
                 tracked.pull_backoff.exited(now, Duration::ZERO);
                 tracked.obs.waiting = Some(Waiting {
                     reason: reason.into(),
@@ -512,26 +649,51 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 return;
             }
         };
+        if pulls {
+            event(
+                EventType::Normal,
+                "Pulled",
+                format!(
+                    "Successfully pulled image {image:?} in {:.3}s",
+                    pull_started.elapsed().as_secs_f64()
+                ),
+            );
+        } else {
+            event(
+                EventType::Normal,
+                "Pulled",
+                format!("Container image {image:?} already present on machine"),
+            );
+        }
         tracked.pull_backoff = CrashLoopBackOff::default();
         tracked.obs.image_id = Some(image_ref.image_id.clone());
 
-        let env = match container_env(self.api.as_ref(), pod, spec, self.host_ip).await {
+        let config_error = |tracked: &mut Tracked, message: String| {
+            let repeated = tracked.obs.waiting.as_ref().is_some_and(|w| {
+                w.reason == "CreateContainerConfigError"
+                    && w.message.as_deref() == Some(message.as_str())
+            });
+            if !repeated {
+                event(EventType::Warning, "Failed", format!("Error: {message}"));
+            }
+            tracked.obs.waiting = Some(Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: Some(message),
+            });
+        };
+        let env = match container_env(self.api.as_ref(), pod, spec, self.host_ip, self.net.pod_ip)
+            .await
+        {
             Ok(env) => env,
             Err(message) => {
-                tracked.obs.waiting = Some(Waiting {
-                    reason: "CreateContainerConfigError".into(),
-                    message: Some(message),
-                });
+                config_error(tracked, message);
                 return;
             }
         };
         let mounts = match container_mounts(&self.volumes, spec).await {
             Ok(mounts) => mounts,
             Err(message) => {
-                tracked.obs.waiting = Some(Waiting {
-                    reason: "CreateContainerConfigError".into(),
-                    message: Some(message),
-                });
+                config_error(tracked, message);
                 return;
             }
         };
@@ -553,7 +715,10 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             read_only_root_filesystem: security
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
-            security: Default::default(),
+            security: match crate::security::of(pod_security, security) {
+                Ok(security) => security,
+                Err(err) => return config_error(tracked, err.to_string()),
+            },
             resources: resources(spec),
             mounts,
             attempt: tracked.attempts,
@@ -562,6 +727,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             Ok(id) => id,
             Err(err) => {
                 warn!(pod = %key, container = %spec.name, error = %err, "failed to create container");
+                event(EventType::Warning, "Failed", format!("Error: {err}"));
                 tracked.obs.waiting = Some(Waiting {
                     reason: "CreateContainerError".into(),
                     message: Some(err.to_string()),
@@ -569,6 +735,11 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 return;
             }
         };
+        event(
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", spec.name),
+        );
         tracked.attempts += 1;
         // The instance before the previous one is no longer needed, not even for its logs.
         if let Some(old) = tracked.previous_id.take() {
@@ -576,6 +747,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 warn!(pod = %key, container = %spec.name, error = %err, "failed to remove old container");
             }
         }
+        tracked.stop_probers();
         if let Some(previous) = tracked.id.replace(id.clone()) {
             tracked.previous_id = Some(previous);
             tracked.obs.last_terminated = tracked.obs.state.take();
@@ -583,6 +755,8 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         }
         tracked.obs.container_id = Some(id.0.clone());
         tracked.obs.state = Some(ContainerState::Created);
+        tracked.obs.startup_passed = spec.startup_probe.as_ref().map(|_| false);
+        tracked.obs.readiness_passed = spec.readiness_probe.as_ref().map(|_| false);
         match self.runtime.start_container(&id).await {
             Ok(()) => {
                 tracked.obs.waiting = None;
@@ -595,15 +769,213 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                     tracked.obs.state = Some(state);
                 }
                 info!(pod = %key, container = %spec.name, id = %id.0, attempt = config.attempt, "started container");
+                event(
+                    EventType::Normal,
+                    "Started",
+                    format!("Started container {}", spec.name),
+                );
             }
             Err(err) => {
                 warn!(pod = %key, container = %spec.name, error = %err, "failed to start container");
+                event(EventType::Warning, "Failed", format!("Error: {err}"));
                 tracked.obs.waiting = Some(Waiting {
                     reason: "RunContainerError".into(),
                     message: Some(err.to_string()),
                 });
+                return;
             }
         }
+        if !matches!(tracked.obs.state, Some(ContainerState::Running { .. })) {
+            return;
+        }
+        if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let outcome = probe::run_hook(
+                self.runtime.as_ref(),
+                hook,
+                spec,
+                &id,
+                &self.net,
+                grace_period_of_spec(pod),
+            )
+            .await;
+            if let Err(message) = outcome {
+                warn!(pod = %key, container = %spec.name, error = %message, "postStart hook failed");
+                event(
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    hook_failure("PostStart", hook, spec, pod, &message),
+                );
+                event(
+                    EventType::Normal,
+                    "Killing",
+                    format!(
+                        "FailedPostStartHook: container {} will be killed and restarted",
+                        spec.name
+                    ),
+                );
+                self.stop_containers(
+                    pod,
+                    vec![(spec.name.clone(), id)],
+                    grace_period_of_spec(pod),
+                )
+                .await;
+                if let Some(tracked) = self.containers.get_mut(&spec.name) {
+                    if let Some(id) = tracked.id.clone() {
+                        if let Ok(state) = self.runtime.container_status(&id).await {
+                            if matches!(state, ContainerState::Exited { .. }) {
+                                tracked.crash_backoff.exited(Instant::now(), Duration::ZERO);
+                            }
+                            tracked.obs.state = Some(state);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        self.start_probers(spec, &id);
+    }
+
+    /// Reads the sandbox's network namespace and IP.
+    async fn read_sandbox_status(&mut self, sandbox: &SandboxId) {
+        match self.runtime.sandbox_status(sandbox).await {
+            Ok(status) => {
+                self.net = NetTarget {
+                    netns: status.netns,
+                    pod_ip: status.ip,
+                };
+            }
+            Err(err) => warn!(pod = %self.key, error = %err, "failed to read sandbox status"),
+        }
+    }
+
+    /// Starts the probers of a running instance: the startup probe alone if there is
+    /// one (it gates the others), else liveness and readiness.
+    fn start_probers(&mut self, spec: &Container, id: &ContainerId) {
+        let runtime = self.runtime.clone();
+        let net = self.net.clone();
+        let sender = self.probe_sender.clone();
+        let Some(tracked) = self.containers.get_mut(&spec.name) else {
+            return;
+        };
+        tracked.stop_probers();
+        let token = CancellationToken::new();
+        let spawn = |kind: ProbeKind, cancel: CancellationToken| {
+            probe::spawn_prober(
+                runtime.clone(),
+                kind,
+                spec.clone(),
+                id.clone(),
+                net.clone(),
+                sender.clone(),
+                cancel,
+            )
+        };
+        if spec.startup_probe.is_some() && tracked.obs.startup_passed != Some(true) {
+            let startup = token.child_token();
+            spawn(ProbeKind::Startup, startup.clone());
+            tracked.startup_prober = Some(startup);
+        } else {
+            spawn(ProbeKind::Liveness, token.child_token());
+            spawn(ProbeKind::Readiness, token.child_token());
+        }
+        tracked.probers = Some(token.drop_guard());
+    }
+
+    /// Applies the probe results received since the last sync: counts them against the
+    /// thresholds, records `Unhealthy`, sets started and ready, and kills containers
+    /// whose liveness or startup probe failed. Returns whether it killed any.
+    async fn apply_probe_results(&mut self, pod: &Pod, spec: &PodSpec) -> bool {
+        let mut results = std::mem::take(&mut self.pending_probes);
+        while let Ok(result) = self.probe_results.try_recv() {
+            results.push(result);
+        }
+        let mut kills: Vec<(String, ContainerId, ProbeKind)> = Vec::new();
+        let mut started: Vec<(Container, ContainerId)> = Vec::new();
+        for result in results {
+            let Some(container) = spec.containers.iter().find(|c| c.name == result.container)
+            else {
+                continue;
+            };
+            let Some(probe) = result.kind.of(container) else {
+                continue;
+            };
+            let Some(tracked) = self.containers.get_mut(&result.container) else {
+                continue;
+            };
+            let current = tracked.id.as_ref() == Some(&result.instance)
+                && matches!(tracked.obs.state, Some(ContainerState::Running { .. }))
+                && tracked.probers.is_some();
+            if !current || kills.iter().any(|(_, id, _)| *id == result.instance) {
+                continue;
+            }
+            let timing = Timing::of(probe);
+            let runs = tracked.probe_runs.entry(result.kind).or_default();
+            match &result.outcome {
+                Ok(()) => *runs = (runs.0.saturating_add(1), 0),
+                Err(message) => {
+                    *runs = (0, runs.1.saturating_add(1));
+                    container_event(
+                        &self.events,
+                        pod,
+                        &container.name,
+                        EventType::Warning,
+                        "Unhealthy",
+                        format!("{} probe failed: {message}", result.kind.title()),
+                    );
+                }
+            }
+            let (successes, failures) = *runs;
+            let passed = successes >= timing.success_threshold;
+            let failed = failures >= timing.failure_threshold;
+            match result.kind {
+                ProbeKind::Readiness => {
+                    if passed {
+                        tracked.obs.readiness_passed = Some(true);
+                    } else if failed {
+                        tracked.obs.readiness_passed = Some(false);
+                    }
+                }
+                ProbeKind::Startup => {
+                    if successes > 0 {
+                        tracked.obs.startup_passed = Some(true);
+                        if let Some(token) = tracked.startup_prober.take() {
+                            token.cancel();
+                        }
+                        started.push((container.clone(), result.instance.clone()));
+                    } else if failed {
+                        kills.push((container.name.clone(), result.instance, result.kind));
+                    }
+                }
+                ProbeKind::Liveness => {
+                    if failed {
+                        kills.push((container.name.clone(), result.instance, result.kind));
+                    }
+                }
+            }
+        }
+        for (container, id) in started {
+            info!(pod = %self.key, container = %container.name, "startup probe passed");
+            self.start_probers(&container, &id);
+        }
+        let killed = !kills.is_empty();
+        for (name, id, kind) in kills {
+            let title = kind.title().to_lowercase();
+            info!(pod = %self.key, container = %name, probe = %title, "probe failed; restarting container");
+            container_event(
+                &self.events,
+                pod,
+                &name,
+                EventType::Normal,
+                "Killing",
+                format!("Container {name} failed {title} probe, will be restarted"),
+            );
+            if let Some(tracked) = self.containers.get_mut(&name) {
+                tracked.stop_probers();
+            }
+            self.stop_containers(pod, vec![(name, id)], grace_period_of_spec(pod))
+                .await;
+        }
+        killed
     }
 
     /// Takes over the containers an earlier agent left in `sandbox` (restart safety):
@@ -636,6 +1008,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 .find(|c| c.name == name)
                 .cloned()
         };
+        let mut probing: Vec<(&Container, ContainerId)> = Vec::new();
         for container in specs {
             if self.containers.contains_key(&container.name) {
                 continue;
@@ -671,7 +1044,18 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 }
             }
             info!(pod = %self.key, container = %container.name, id = %latest.id.0, "found existing container");
+            // Probes start over: not ready until the readiness probe passes again; a
+            // container reported started stays started (its startup probe is done).
+            let was_started = reported(&container.name).and_then(|c| c.started) == Some(true);
+            tracked.obs.startup_passed = container.startup_probe.as_ref().map(|_| was_started);
+            tracked.obs.readiness_passed = container.readiness_probe.as_ref().map(|_| false);
+            if matches!(tracked.obs.state, Some(ContainerState::Running { .. })) {
+                probing.push((container, latest.id.clone()));
+            }
             self.containers.insert(container.name.clone(), tracked);
+        }
+        for (container, id) in probing {
+            self.start_probers(container, &id);
         }
     }
 
@@ -691,6 +1075,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             init_containers: observe(spec.init_containers.as_deref().unwrap_or_default()),
             containers: observe(&spec.containers),
             host_ip: Some(self.host_ip),
+            pod_ip: self.net.pod_ip,
             start_time: self.start_time,
         };
         let status = status::pod_status(pod, &obs, self.written.as_ref(), Utc::now());
@@ -706,13 +1091,16 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         }
     }
 
-    /// Stops every container (SIGTERM, up to `grace`, then SIGKILL) and removes them and
-    /// the sandbox.
-    async fn terminate(&mut self, grace: Duration) {
+    /// Stops every container (preStop hooks, SIGTERM, up to `grace`, then SIGKILL) and
+    /// removes them and the sandbox.
+    async fn terminate(&mut self, pod: &Pod, grace: Duration) {
         let running: Vec<(String, ContainerId)> = self
             .containers
-            .iter()
-            .filter_map(|(name, t)| t.id.clone().map(|id| (name.clone(), id)))
+            .iter_mut()
+            .filter_map(|(name, t)| {
+                t.stop_probers();
+                t.id.clone().map(|id| (name.clone(), id))
+            })
             .collect();
         let mut alive = Vec::new();
         for (name, id) in running {
@@ -720,39 +1108,21 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 self.runtime.container_status(&id).await,
                 Ok(ContainerState::Running { .. })
             ) {
+                container_event(
+                    &self.events,
+                    pod,
+                    &name,
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
                 alive.push((name, id));
             }
         }
         if !alive.is_empty() {
             info!(pod = %self.key, grace_seconds = grace.as_secs(), "stopping containers");
         }
-        if !grace.is_zero() {
-            for (name, id) in &alive {
-                if let Err(err) = self.runtime.kill_container(id, StopSignal::Term).await {
-                    warn!(pod = %self.key, container = %name, error = %err, "failed to send SIGTERM");
-                }
-            }
-            let deadline = Instant::now() + grace;
-            while !alive.is_empty() && Instant::now() < deadline {
-                tokio::time::sleep(STOP_POLL.min(deadline - Instant::now())).await;
-                let mut still = Vec::new();
-                for (name, id) in alive {
-                    if matches!(
-                        self.runtime.container_status(&id).await,
-                        Ok(ContainerState::Running { .. })
-                    ) {
-                        still.push((name, id));
-                    }
-                }
-                alive = still;
-            }
-        }
-        for (name, id) in &alive {
-            warn!(pod = %self.key, container = %name, "grace period over; killing");
-            if let Err(err) = self.runtime.kill_container(id, StopSignal::Kill).await {
-                warn!(pod = %self.key, container = %name, error = %err, "failed to send SIGKILL");
-            }
-        }
+        self.stop_containers(pod, alive, grace).await;
         for tracked in self.containers.values_mut() {
             for id in [tracked.previous_id.take(), tracked.id.take()]
                 .into_iter()
@@ -779,6 +1149,91 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         }
     }
 
+    /// Runs the preStop hooks of `containers` side by side, all within `grace`; a failed
+    /// hook is a `FailedPreStopHook` event and the stop goes on.
+    async fn run_pre_stop_hooks(
+        &self,
+        pod: &Pod,
+        containers: &[(String, ContainerId)],
+        grace: Duration,
+    ) {
+        let specs: Vec<&Container> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .collect();
+        let mut hooks = Vec::new();
+        for (name, id) in containers {
+            let Some(spec) = specs.iter().find(|c| c.name == *name) else {
+                continue;
+            };
+            let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+                continue;
+            };
+            hooks.push(async move {
+                let runtime = self.runtime.as_ref();
+                let outcome = probe::run_hook(runtime, hook, spec, id, &self.net, grace).await;
+                if let Err(message) = outcome {
+                    warn!(pod = %self.key, container = %name, error = %message, "preStop hook failed");
+                    let message = hook_failure("PreStop", hook, spec, pod, &message);
+                    container_event(
+                        &self.events,
+                        pod,
+                        name,
+                        EventType::Warning,
+                        "FailedPreStopHook",
+                        message,
+                    );
+                }
+            });
+        }
+        if !hooks.is_empty() {
+            let _ = tokio::time::timeout(grace, futures::future::join_all(hooks)).await;
+        }
+    }
+
+    /// Stops running containers as kubelet does: their preStop hooks (at most `grace`),
+    /// then SIGTERM, then SIGKILL for those still running when `grace` is over.
+    async fn stop_containers(
+        &self,
+        pod: &Pod,
+        mut alive: Vec<(String, ContainerId)>,
+        grace: Duration,
+    ) {
+        let deadline = Instant::now() + grace;
+        if !grace.is_zero() {
+            self.run_pre_stop_hooks(pod, &alive, grace).await;
+            for (name, id) in &alive {
+                if let Err(err) = self.runtime.kill_container(id, StopSignal::Term).await {
+                    warn!(pod = %self.key, container = %name, error = %err, "failed to send SIGTERM");
+                }
+            }
+            loop {
+                let mut still = Vec::new();
+                for (name, id) in alive {
+                    if matches!(
+                        self.runtime.container_status(&id).await,
+                        Ok(ContainerState::Running { .. })
+                    ) {
+                        still.push((name, id));
+                    }
+                }
+                alive = still;
+                let now = Instant::now();
+                if alive.is_empty() || now >= deadline {
+                    break;
+                }
+                tokio::time::sleep(STOP_POLL.min(deadline - now)).await;
+            }
+        }
+        for (name, id) in &alive {
+            warn!(pod = %self.key, container = %name, "grace period over; killing");
+            if let Err(err) = self.runtime.kill_container(id, StopSignal::Kill).await {
+                warn!(pod = %self.key, container = %name, error = %err, "failed to send SIGKILL");
+            }
+        }
+    }
+
     /// Makes every volume of the pod ready on the host; configMap and secret volumes are
     /// rewritten when their object changed. Returns kubelet-style messages.
     async fn set_up_volumes(
@@ -789,7 +1244,13 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         for vol in spec.volumes.iter().flatten() {
             let dir = volume::volume_dir(&self.pods_dir, &self.uid, &vol.name);
-            let plan = volume_plan(self.api.as_ref(), namespace, vol, dir).await?;
+            let context = PlanContext {
+                pod,
+                namespace,
+                host_ip: self.host_ip,
+                pod_ip: self.net.pod_ip,
+            };
+            let plan = volume_plan(self.api.as_ref(), &context, vol, dir).await?;
             let (path, read_only) = match &plan {
                 Plan::EmptyDir { dir, .. } | Plan::Files { dir, .. } => {
                     (dir.clone(), matches!(plan, Plan::Files { .. }))
@@ -849,13 +1310,27 @@ impl Plan {
     }
 }
 
-/// Reads what a volume needs (its ConfigMap or Secret) and says how to lay it out.
+/// What volume plans are made for.
+struct PlanContext<'a> {
+    pod: &'a Pod,
+    namespace: &'a str,
+    host_ip: IpAddr,
+    pod_ip: Option<IpAddr>,
+}
+
+/// Reads what a volume needs (its ConfigMap or Secret, the pod itself for downwardAPI)
+/// and says how to lay it out.
 async fn volume_plan<A: PodApi>(
     api: &A,
-    namespace: &str,
+    context: &PlanContext<'_>,
     vol: &Volume,
     dir: PathBuf,
 ) -> std::result::Result<Plan, String> {
+    let namespace = context.namespace;
+    if let Some(source) = &vol.downward_api {
+        let files = downward_api_files(context, source)?;
+        return Ok(Plan::Files { dir, files });
+    }
     if let Some(empty) = &vol.empty_dir {
         let size_limit = empty.size_limit.as_ref().and_then(|q| {
             rkube_api::validation::quantity::parse(&q.0)
@@ -932,9 +1407,44 @@ async fn volume_plan<A: PodApi>(
         return Ok(Plan::Files { dir, files });
     }
     Err(format!(
-        "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported by this node agent yet",
+        "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported by this node agent yet",
         vol.name
     ))
+}
+
+/// The files of a downwardAPI volume: each item's field or resource value at its path;
+/// modes from the item, else `defaultMode`, else 0644.
+fn downward_api_files(
+    context: &PlanContext<'_>,
+    source: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
+) -> std::result::Result<Vec<FileContent>, String> {
+    let mut files = Vec::new();
+    for item in source.items.iter().flatten() {
+        let value = if let Some(field) = &item.field_ref {
+            field_value(
+                context.pod,
+                &field.field_path,
+                context.host_ip,
+                context.pod_ip,
+            )
+            .ok_or_else(|| format!("unsupported fieldPath {:?}", field.field_path))?
+        } else if let Some(resource) = &item.resource_field_ref {
+            resource_value(context.pod, None, resource)?
+        } else {
+            return Err(format!("downwardAPI item {:?} has no source", item.path));
+        };
+        let mode = item
+            .mode
+            .or(source.default_mode)
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(volume::DEFAULT_MODE);
+        files.push(FileContent {
+            path: item.path.clone(),
+            data: value.into_bytes(),
+            mode,
+        });
+    }
+    Ok(files)
 }
 
 /// The files of a configMap or secret volume: every key, or just the `items` at their
@@ -1044,6 +1554,45 @@ fn grace_period(pod: &Pod) -> Duration {
     Duration::from_secs(seconds.max(0).unsigned_abs())
 }
 
+/// The grace period of a container stopped while the pod stays (probe failure, failed
+/// postStart hook): the spec's `terminationGracePeriodSeconds`, else 30 s.
+fn grace_period_of_spec(pod: &Pod) -> Duration {
+    let seconds = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_PERIOD.as_secs() as i64);
+    Duration::from_secs(seconds.max(0).unsigned_abs())
+}
+
+/// kubelet's message for a failed lifecycle hook.
+fn hook_failure(
+    which: &str,
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    spec: &Container,
+    pod: &Pod,
+    message: &str,
+) -> String {
+    let what = if let Some(exec) = &hook.exec {
+        format!(
+            "Exec lifecycle hook ({:?})",
+            exec.command.clone().unwrap_or_default()
+        )
+    } else if let Some(http) = &hook.http_get {
+        format!(
+            "HTTP lifecycle hook ({})",
+            http.path.as_deref().unwrap_or("/")
+        )
+    } else {
+        "Lifecycle hook".to_string()
+    };
+    format!(
+        "{which} {what} for Container {:?} in Pod {:?} failed - error: {message}",
+        spec.name,
+        pod_label(pod)
+    )
+}
+
 /// CPU shares, CFS quota and memory limit from the container's requests and limits.
 fn resources(spec: &Container) -> Resources {
     let requests = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
@@ -1074,6 +1623,7 @@ async fn container_env<A: PodApi>(
     pod: &Pod,
     spec: &Container,
     host_ip: IpAddr,
+    pod_ip: Option<IpAddr>,
 ) -> std::result::Result<Vec<(String, String)>, String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env: Vec<(String, String)> = Vec::new();
@@ -1114,9 +1664,11 @@ async fn container_env<A: PodApi>(
         let value = match (value, value_from) {
             (_, Some(source)) => {
                 if let Some(field) = &source.field_ref {
-                    field_value(pod, &field.field_path, host_ip).ok_or_else(|| {
+                    field_value(pod, &field.field_path, host_ip, pod_ip).ok_or_else(|| {
                         format!("env {name}: unsupported fieldPath {:?}", field.field_path)
                     })?
+                } else if let Some(resource) = &source.resource_field_ref {
+                    resource_value(pod, Some(&spec.name), resource)?
                 } else if let Some((kind, source_name, key, optional)) = source
                     .config_map_key_ref
                     .as_ref()
@@ -1141,9 +1693,7 @@ async fn container_env<A: PodApi>(
                         None => return Err(kind.missing_key(namespace, source_name, key)),
                     }
                 } else {
-                    return Err(format!(
-                        "env {name}: valueFrom.resourceFieldRef is not supported by this node agent yet"
-                    ));
+                    return Err(format!("env {name}: valueFrom has no source"));
                 }
             }
             (Some(value), None) => value.clone(),
@@ -1232,11 +1782,22 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
-/// The value of a downward-API `fieldPath`.
-fn field_value(pod: &Pod, path: &str, host_ip: IpAddr) -> Option<String> {
+/// The value of a downward-API `fieldPath`; `pod_ip` is the sandbox's, else the
+/// reported one.
+fn field_value(pod: &Pod, path: &str, host_ip: IpAddr, pod_ip: Option<IpAddr>) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
+    let reported_ip = || {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default()
+    };
     Some(match path {
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
+        "status.hostIPs" => host_ip.to_string(),
+        "status.podIPs" => pod_ip.map(|ip| ip.to_string()).unwrap_or_else(reported_ip),
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
@@ -1245,11 +1806,7 @@ fn field_value(pod: &Pod, path: &str, host_ip: IpAddr) -> Option<String> {
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         "status.hostIP" => host_ip.to_string(),
-        "status.podIP" => pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default(),
+        "status.podIP" => pod_ip.map(|ip| ip.to_string()).unwrap_or_else(reported_ip),
         _ => {
             let (map, key) = if let Some(rest) = path.strip_prefix("metadata.labels['") {
                 (meta.labels.as_ref(), rest.strip_suffix("']")?)
@@ -1261,6 +1818,86 @@ fn field_value(pod: &Pod, path: &str, host_ip: IpAddr) -> Option<String> {
             map.and_then(|m| m.get(key).cloned()).unwrap_or_default()
         }
     })
+}
+
+/// Labels or annotations as a downwardAPI file shows them: one `key="value"` line per
+/// entry, sorted by key, values quoted with escapes.
+fn format_map(map: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of a downward-API `resourceFieldRef` (`limits.cpu`, `requests.memory`…)
+/// divided by its divisor and rounded up, as kubelet computes it. An unset limit is the
+/// node's capacity.
+fn resource_value(
+    pod: &Pod,
+    default_container: Option<&str>,
+    source: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> std::result::Result<String, String> {
+    let name = source
+        .container_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(default_container)
+        .ok_or_else(|| {
+            format!(
+                "resourceFieldRef {:?}: containerName is required",
+                source.resource
+            )
+        })?;
+    let container = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("resourceFieldRef: container {name:?} not found"))?;
+    let (kind, resource) = source
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported container resource : {:?}", source.resource))?;
+    let resources = container.resources.as_ref();
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    let milli = match kind {
+        "limits" => limits
+            .and_then(|m| status::quantity(m, resource))
+            .or_else(|| node_capacity_milli(resource)),
+        "requests" => requests
+            .and_then(|m| status::quantity(m, resource))
+            .or_else(|| limits.and_then(|m| status::quantity(m, resource)))
+            .or(Some(0)),
+        _ => None,
+    }
+    .ok_or_else(|| format!("unsupported container resource : {:?}", source.resource))?;
+    let divisor = source
+        .divisor
+        .as_ref()
+        .and_then(|q| rkube_api::validation::quantity::parse(&q.0).ok())
+        .map(|q| q.milli_value())
+        .filter(|d| *d > 0)
+        .unwrap_or(1000);
+    let value = (milli + divisor - 1) / divisor;
+    Ok(value.to_string())
+}
+
+/// The node's capacity of `resource` in milli-units (CPUs; memory from /proc/meminfo).
+fn node_capacity_milli(resource: &str) -> Option<i128> {
+    match resource {
+        "cpu" => std::thread::available_parallelism()
+            .ok()
+            .map(|n| i128::try_from(n.get()).unwrap_or(1) * 1000),
+        "memory" => std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i128>().ok())
+            .map(|kb| kb * 1024 * 1000),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -1451,6 +2088,7 @@ mod tests {
             "10.0.0.5".parse().expect("ip"),
             Duration::from_secs(1),
             pods.path().to_path_buf(),
+            EventRecorder::disabled(),
             &pod.0,
         );
         (worker, runtime, api, pods)
@@ -1832,15 +2470,44 @@ mod tests {
                     ..Default::default()
                 }),
             },
+            EnvVar {
+                name: "IP".into(),
+                value: None,
+                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                    field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            EnvVar {
+                name: "MEM_MI".into(),
+                value: None,
+                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                    resource_field_ref: Some(k8s_openapi::api::core::v1::ResourceFieldSelector {
+                        resource: "limits.memory".into(),
+                        divisor: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                            "1Mi".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
         ]);
-        let pod = TestPod::new("envy");
+        let mut pod = TestPod::new("envy");
+        pod.spec().containers.push(c.clone());
         let ip: IpAddr = "10.0.0.5".parse().expect("ip");
+        let pod_ip: Option<IpAddr> = Some("10.88.0.9".parse().expect("ip"));
         let api = RecordingApi::default();
         assert_eq!(
-            container_env(&api, &pod.0, &c, ip).await,
+            container_env(&api, &pod.0, &c, ip, pod_ip).await,
             Ok(vec![
                 ("A".into(), "1".into()),
-                ("POD".into(), "envy".into())
+                ("POD".into(), "envy".into()),
+                ("IP".into(), "10.88.0.9".into()),
+                ("MEM_MI".into(), "64".into()),
             ])
         );
         c.env = Some(vec![EnvVar {
@@ -1852,7 +2519,7 @@ mod tests {
             }),
         }]);
         assert_eq!(
-            container_env(&api, &pod.0, &c, ip).await,
+            container_env(&api, &pod.0, &c, ip, pod_ip).await,
             Err("secret \"\" not found".to_string())
         );
     }
@@ -2217,6 +2884,7 @@ mod tests {
             "10.0.0.5".parse().expect("ip"),
             Duration::from_secs(1),
             pods.path().to_path_buf(),
+            EventRecorder::disabled(),
             &stored.0,
         );
         second.sync(&stored.update()).await;
@@ -2246,5 +2914,677 @@ mod tests {
         assert!(!runtime
             .calls()
             .contains(&Call::CreateContainer("init".into(), 1)));
+    }
+
+    /// The events a capturing recorder kept, in order.
+    type Captured = Arc<Mutex<Vec<k8s_openapi::api::core::v1::Event>>>;
+
+    /// A worker whose events are captured, in order.
+    fn worker_with_events(
+        pod: &TestPod,
+    ) -> (
+        PodWorker<FakeRuntime, RecordingApi>,
+        Arc<FakeRuntime>,
+        Arc<RecordingApi>,
+        tempfile::TempDir,
+        Captured,
+    ) {
+        let runtime = Arc::new(FakeRuntime::new());
+        let api = Arc::new(RecordingApi::default());
+        let pods = tempfile::tempdir().expect("pods dir");
+        let (events, captured) =
+            EventRecorder::capturing(k8s_openapi::api::core::v1::EventSource {
+                component: Some("rkube-nodeagent".into()),
+                host: Some("n1".into()),
+            });
+        let worker = PodWorker::new(
+            runtime.clone(),
+            api.clone(),
+            "10.0.0.5".parse().expect("ip"),
+            Duration::from_secs(1),
+            pods.path().to_path_buf(),
+            events,
+            &pod.0,
+        );
+        (worker, runtime, api, pods, captured)
+    }
+
+    fn exec_probe(command: &[&str]) -> k8s_openapi::api::core::v1::Probe {
+        k8s_openapi::api::core::v1::Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(command.iter().map(|c| c.to_string()).collect()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn failing(output: &str) -> runtime::ExecOutput {
+        runtime::ExecOutput {
+            exit_code: 1,
+            output: output.as_bytes().to_vec(),
+        }
+    }
+
+    fn passing() -> runtime::ExecOutput {
+        runtime::ExecOutput::default()
+    }
+
+    /// (reason, message) of the captured events.
+    fn reasons(events: &Mutex<Vec<k8s_openapi::api::core::v1::Event>>) -> Vec<(String, String)> {
+        events
+            .lock()
+            .iter()
+            .map(|e| {
+                (
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn condition(status: &PodStatus, type_: &str) -> String {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+            .expect("condition")
+    }
+
+    /// Lets the probers (spawned tasks) run for `seconds` of paused time.
+    async fn advance(seconds: u64) {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_liveness_probe_kills_and_restarts_with_events_in_order() {
+        let mut pod = TestPod::new("live").container("app");
+        pod.spec().termination_grace_period_seconds = Some(5);
+        pod.spec().containers[0].liveness_probe = Some(k8s_openapi::api::core::v1::Probe {
+            failure_threshold: Some(2),
+            ..exec_probe(&["check"])
+        });
+        let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+        runtime.set_exec_result("app", failing("unhealthy"));
+        worker.sync(&pod.update()).await;
+        assert_eq!(api.last_status().phase.as_deref(), Some("Running"));
+
+        // One failure is below the threshold: nothing happens.
+        advance(1).await;
+        worker.sync(&pod.update()).await;
+        assert!(!runtime
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::KillContainer(..))));
+        assert_eq!(container_status(&api.last_status(), "app").restart_count, 0);
+
+        // The second failure kills the container; the same sync restarts it.
+        advance(10).await;
+        worker.sync(&pod.update()).await;
+        let status = api.last_status();
+        let app = container_status(&status, "app");
+        assert_eq!(app.restart_count, 1);
+        assert!(app
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_some());
+        let last = app.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(last.map(|t| t.exit_code), Some(143));
+        let calls = runtime.calls();
+        let term = calls
+            .iter()
+            .position(|c| *c == Call::KillContainer("app".into(), StopSignal::Term))
+            .expect("SIGTERM");
+        let recreate = calls
+            .iter()
+            .position(|c| *c == Call::CreateContainer("app".into(), 1))
+            .expect("recreated");
+        assert!(term < recreate, "{calls:?}");
+
+        let got = reasons(&events);
+        let order: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "Pulling",
+                "Pulled",
+                "Created",
+                "Started",
+                "Unhealthy",
+                "Unhealthy",
+                "Killing",
+                "Pulled",
+                "Created",
+                "Started"
+            ]
+        );
+        assert_eq!(
+            got[7].1,
+            "Container image \"reg.local/busybox:1\" already present on machine"
+        );
+        assert_eq!(got[4].1, "Liveness probe failed: unhealthy");
+        assert_eq!(
+            got[6].1,
+            "Container app failed liveness probe, will be restarted"
+        );
+        let unhealthy = events.lock()[4].clone();
+        assert_eq!(unhealthy.type_.as_deref(), Some("Warning"));
+        assert_eq!(
+            unhealthy.involved_object.field_path.as_deref(),
+            Some("spec.containers{app}")
+        );
+        assert_eq!(
+            unhealthy.source.as_ref().and_then(|s| s.host.as_deref()),
+            Some("n1")
+        );
+
+        // The new instance is probed afresh: its probe results start from zero.
+        runtime.set_exec_result("app", passing());
+        advance(30).await;
+        worker.sync(&pod.update()).await;
+        assert_eq!(container_status(&api.last_status(), "app").restart_count, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_probe_gates_ready_with_success_and_failure_thresholds() {
+        let mut pod = TestPod::new("ready").container("app").container("plain");
+        pod.spec().containers[0].readiness_probe = Some(k8s_openapi::api::core::v1::Probe {
+            success_threshold: Some(2),
+            failure_threshold: Some(3),
+            ..exec_probe(&["ready?"])
+        });
+        let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+        runtime.set_exec_result("app", failing("not yet"));
+        worker.sync(&pod.update()).await;
+        let status = api.last_status();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(!container_status(&status, "app").ready);
+        assert!(container_status(&status, "plain").ready, "no probe: ready");
+        assert_eq!(condition(&status, "Ready"), "False");
+        assert_eq!(condition(&status, "ContainersReady"), "False");
+
+        let steps = [
+            // (result, ready after it)
+            (true, false),
+            (true, true),
+            (false, true),
+            (false, true),
+            (false, false),
+            (true, false),
+            (true, true),
+        ];
+        advance(1).await; // the first probe (failing) ran at once
+        worker.sync(&pod.update()).await;
+        for (i, (ok, ready)) in steps.into_iter().enumerate() {
+            runtime.set_exec_result("app", if ok { passing() } else { failing("down") });
+            advance(10).await;
+            worker.sync(&pod.update()).await;
+            let status = api.last_status();
+            assert_eq!(container_status(&status, "app").ready, ready, "step {i}");
+            let want = if ready { "True" } else { "False" };
+            assert_eq!(condition(&status, "Ready"), want, "step {i}");
+            assert_eq!(condition(&status, "ContainersReady"), want, "step {i}");
+        }
+        // Readiness never restarts a container.
+        assert!(!runtime
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::KillContainer(..))));
+        assert!(reasons(&events)
+            .iter()
+            .any(|(r, m)| r == "Unhealthy" && m == "Readiness probe failed: down"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_probe_holds_liveness_and_readiness_until_it_passes() {
+        let mut pod = TestPod::new("slow").container("app");
+        let app = &mut pod.spec().containers[0];
+        app.startup_probe = Some(k8s_openapi::api::core::v1::Probe {
+            failure_threshold: Some(30),
+            ..exec_probe(&["started?"])
+        });
+        app.liveness_probe = Some(exec_probe(&["alive?"]));
+        app.readiness_probe = Some(exec_probe(&["ready?"]));
+        let (mut worker, runtime, api, _pods, _events) = worker_with_events(&pod);
+        runtime.set_exec_result("app", failing("starting"));
+        worker.sync(&pod.update()).await;
+        for _ in 0..5 {
+            advance(10).await;
+            worker.sync(&pod.update()).await;
+        }
+        let execs = |runtime: &FakeRuntime| -> Vec<String> {
+            runtime
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Exec(_, command) => command.first().cloned(),
+                    _ => None,
+                })
+                .collect()
+        };
+        let before = execs(&runtime);
+        assert!(before.len() >= 5, "{before:?}");
+        assert!(before.iter().all(|c| c == "started?"), "{before:?}");
+        let status = api.last_status();
+        let app = container_status(&status, "app");
+        assert_eq!((app.started, app.ready), (Some(false), false));
+        assert_eq!(app.restart_count, 0, "below the startup failure threshold");
+
+        runtime.set_exec_result("app", passing());
+        advance(10).await;
+        worker.sync(&pod.update()).await;
+        let app_status = api.last_status();
+        assert_eq!(container_status(&app_status, "app").started, Some(true));
+        advance(1).await;
+        worker.sync(&pod.update()).await;
+        let after = execs(&runtime);
+        let new: Vec<&String> = after[before.len()..].iter().collect();
+        assert!(new.iter().any(|c| *c == "alive?"), "{new:?}");
+        assert!(new.iter().any(|c| *c == "ready?"), "{new:?}");
+        let status = api.last_status();
+        assert!(container_status(&status, "app").ready);
+        assert_eq!(condition(&status, "Ready"), "True");
+        // The startup probe stops once it passed.
+        advance(30).await;
+        let later = execs(&runtime);
+        assert!(
+            !later[after.len()..].iter().any(|c| c == "started?"),
+            "{later:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_startup_probe_restarts_the_container() {
+        let mut pod = TestPod::new("never").container("app");
+        pod.spec().containers[0].startup_probe = Some(k8s_openapi::api::core::v1::Probe {
+            failure_threshold: Some(1),
+            ..exec_probe(&["started?"])
+        });
+        let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+        runtime.set_exec_result("app", failing("no"));
+        worker.sync(&pod.update()).await;
+        advance(1).await;
+        worker.sync(&pod.update()).await;
+        assert_eq!(container_status(&api.last_status(), "app").restart_count, 1);
+        assert!(reasons(&events).contains(&(
+            "Killing".to_string(),
+            "Container app failed startup probe, will be restarted".to_string()
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_post_start_hook_kills_the_container_which_restarts() {
+        use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
+        let mut pod = TestPod::new("hooked").container("app");
+        pod.spec().termination_grace_period_seconds = Some(2);
+        pod.spec().containers[0].lifecycle = Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["setup".into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+        runtime.set_exec_result("app", failing("setup failed"));
+        worker.sync(&pod.update()).await;
+        let calls = runtime.calls();
+        let start = calls
+            .iter()
+            .position(|c| *c == Call::StartContainer("app".into()))
+            .expect("started");
+        let hook = calls
+            .iter()
+            .position(|c| *c == Call::Exec("app".into(), vec!["setup".into()]))
+            .expect("hook ran");
+        let term = calls
+            .iter()
+            .position(|c| *c == Call::KillContainer("app".into(), StopSignal::Term))
+            .expect("killed");
+        assert!(start < hook && hook < term, "{calls:?}");
+        let got = reasons(&events);
+        let failed = got
+            .iter()
+            .find(|(r, _)| r == "FailedPostStartHook")
+            .expect("FailedPostStartHook event");
+        assert!(failed.1.contains("setup failed"), "{failed:?}");
+        let status = api.last_status();
+        let app = container_status(&status, "app");
+        assert!(app
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some());
+        assert!(!app.ready);
+
+        // The hook passes now: the restart keeps running.
+        runtime.set_exec_result("app", passing());
+        worker.sync(&pod.update()).await;
+        let status = api.last_status();
+        let app = container_status(&status, "app");
+        assert_eq!(app.restart_count, 1);
+        assert!(app
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pre_stop_hook_runs_before_sigterm_on_deletion() {
+        use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
+        let mut pod = TestPod::new("stopping").container("app");
+        pod.spec().containers[0].lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["drain".into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+        worker.sync(&pod.update()).await;
+        runtime.clear_calls();
+        assert_eq!(worker.sync(&pod.deleting(10).update()).await, Next::Done);
+        let calls = runtime.calls();
+        assert_eq!(
+            &calls[..2],
+            [
+                Call::Exec("app".into(), vec!["drain".into()]),
+                Call::KillContainer("app".into(), StopSignal::Term),
+            ],
+            "{calls:?}"
+        );
+        assert!(api.deleted());
+        assert!(reasons(&events)
+            .contains(&("Killing".to_string(), "Stopping container app".to_string())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pod_ip_is_reported_and_given_to_the_environment() {
+        let mut pod = TestPod::new("ip").container("app");
+        pod.spec().containers[0].env = Some(vec![EnvVar {
+            name: "MY_IP".into(),
+            value: None,
+            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }]);
+        let (mut worker, runtime, api, _pods) = worker(&pod);
+        worker.sync(&pod.update()).await;
+        let status = api.last_status();
+        // The fake hands the first sandbox 10.88.0.1.
+        assert_eq!(status.pod_ip.as_deref(), Some("10.88.0.1"));
+        assert_eq!(
+            status.pod_ips,
+            Some(vec![k8s_openapi::api::core::v1::PodIP {
+                ip: "10.88.0.1".into()
+            }])
+        );
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
+        let env = runtime.last_config("app").expect("created").env;
+        assert_eq!(env, [("MY_IP".to_string(), "10.88.0.1".to_string())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn downward_api_volume_files_follow_labels_and_annotations() {
+        use k8s_openapi::api::core::v1::{
+            DownwardAPIVolumeFile, DownwardAPIVolumeSource, ObjectFieldSelector,
+            ResourceFieldSelector, ResourceRequirements,
+        };
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let field = |path: &str, field_path: &str| DownwardAPIVolumeFile {
+            path: path.into(),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut pod = TestPod::new("downward").container("app");
+        pod.0.metadata.labels = Some(
+            [("tier", "web"), ("app", "shop")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod.0.metadata.annotations = Some(
+            [("note", "say \"hi\"")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod.spec().containers[0].resources = Some(ResourceRequirements {
+            limits: Some([("cpu".to_string(), Quantity("250m".into()))].into()),
+            ..Default::default()
+        });
+        pod.spec().volumes = Some(vec![Volume {
+            downward_api: Some(DownwardAPIVolumeSource {
+                default_mode: Some(0o600),
+                items: Some(vec![
+                    field("labels", "metadata.labels"),
+                    field("annotations", "metadata.annotations"),
+                    DownwardAPIVolumeFile {
+                        mode: Some(0o644),
+                        ..field("meta/name", "metadata.name")
+                    },
+                    field("namespace", "metadata.namespace"),
+                    field("uid", "metadata.uid"),
+                    field("node", "spec.nodeName"),
+                    field("ip", "status.podIP"),
+                    field("tier", "metadata.labels['tier']"),
+                    DownwardAPIVolumeFile {
+                        path: "cpu_limit_millis".into(),
+                        resource_field_ref: Some(ResourceFieldSelector {
+                            container_name: Some("app".into()),
+                            resource: "limits.cpu".into(),
+                            divisor: Some(Quantity("1m".into())),
+                        }),
+                        ..Default::default()
+                    },
+                    DownwardAPIVolumeFile {
+                        path: "cpu_limit".into(),
+                        resource_field_ref: Some(ResourceFieldSelector {
+                            container_name: Some("app".into()),
+                            resource: "limits.cpu".into(),
+                            divisor: None,
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+            }),
+            ..volume("info")
+        }]);
+        pod.spec().containers[0].volume_mounts = Some(vec![volume_mount("info", "/etc/info")]);
+        let (mut worker, runtime, _api, pods) = worker(&pod);
+        worker.sync(&pod.update()).await;
+        let dir = pods.path().join("uid-downward/volumes/info");
+        let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect(p);
+        let mode_of = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join(p))
+                .expect(p)
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(read("labels"), "app=\"shop\"\ntier=\"web\"");
+        assert_eq!(read("annotations"), "note=\"say \\\"hi\\\"\"");
+        assert_eq!(read("meta/name"), "downward");
+        assert_eq!(read("namespace"), "default");
+        assert_eq!(read("uid"), "uid-downward");
+        assert_eq!(read("node"), "n1");
+        assert_eq!(read("ip"), "10.88.0.1");
+        assert_eq!(read("tier"), "web");
+        assert_eq!(read("cpu_limit_millis"), "250");
+        assert_eq!(read("cpu_limit"), "1", "rounded up");
+        assert_eq!(mode_of("labels"), 0o600);
+        assert_eq!(mode_of("meta/name"), 0o644);
+        let mounts = runtime.last_config("app").expect("app").mounts;
+        assert_eq!(mounts[0].host_path, dir);
+        assert!(mounts[0].read_only);
+
+        // Labels change: the file is rewritten in place.
+        pod.0
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert("tier".into(), "api".into());
+        worker.sync(&pod.update()).await;
+        assert_eq!(read("labels"), "app=\"shop\"\ntier=\"api\"");
+        assert_eq!(read("tier"), "api");
+        assert_eq!(
+            runtime.container_count(),
+            1,
+            "no restart for a label change"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pull_failures_back_offs_and_mount_failures_are_events() {
+        use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
+        let pod = TestPod::new("img").container("app");
+        let (mut worker, runtime, _api, _pods, events) = worker_with_events(&pod);
+        runtime.fail_pull(&image(), "manifest unknown");
+        for _ in 0..4 {
+            worker.sync(&pod.update()).await;
+        }
+        let got = reasons(&events);
+        let want_prefix = [
+            ("Pulling", "Pulling image \"reg.local/busybox:1\""),
+            (
+                "Failed",
+                "Failed to pull image \"reg.local/busybox:1\": failed to pull image \"reg.local/busybox:1\": manifest unknown",
+            ),
+            ("Failed", "Error: ErrImagePull"),
+        ];
+        for (i, (reason, message)) in want_prefix.iter().enumerate() {
+            assert_eq!(
+                (got[i].0.as_str(), got[i].1.as_str()),
+                (*reason, *message),
+                "{got:?}"
+            );
+        }
+        // Backing off is said once per back-off, not on every sync.
+        let back_offs = got
+            .iter()
+            .filter(|(r, m)| {
+                r == "BackOff" && m == "Back-off pulling image \"reg.local/busybox:1\""
+            })
+            .count();
+        assert_eq!(back_offs, 1, "{got:?}");
+        assert!(got.contains(&("Failed".into(), "Error: ImagePullBackOff".into())));
+
+        // A volume that cannot be made: one FailedMount about the pod, not a container.
+        let mut pod = TestPod::new("mount").container("app");
+        pod.spec().volumes = Some(vec![Volume {
+            config_map: Some(ConfigMapVolumeSource {
+                name: "absent".into(),
+                ..Default::default()
+            }),
+            ..volume("cfg")
+        }]);
+        let (mut worker, _runtime, _api, _pods, events) = worker_with_events(&pod);
+        worker.sync(&pod.update()).await;
+        worker.sync(&pod.update()).await;
+        let mounts: Vec<_> = events
+            .lock()
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedMount"))
+            .cloned()
+            .collect();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].type_.as_deref(), Some("Warning"));
+        assert_eq!(mounts[0].involved_object.field_path, None);
+        assert!(
+            mounts[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("configmap \"absent\" not found")),
+            "{mounts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_result_wakes_the_worker_without_waiting_for_the_resync() {
+        let mut pod = TestPod::new("wake").container("app");
+        pod.spec().containers[0].liveness_probe = Some(k8s_openapi::api::core::v1::Probe {
+            failure_threshold: Some(1),
+            ..exec_probe(&["check"])
+        });
+        let runtime = Arc::new(FakeRuntime::new());
+        let api = Arc::new(RecordingApi::default());
+        let pods = tempfile::tempdir().expect("pods dir");
+        let worker = PodWorker::new(
+            runtime.clone(),
+            api.clone(),
+            "10.0.0.5".parse().expect("ip"),
+            Duration::from_secs(3600),
+            pods.path().to_path_buf(),
+            EventRecorder::disabled(),
+            &pod.0,
+        );
+        runtime.set_exec_result("app", failing("dead"));
+        let (_updates, receiver) = watch::channel(pod.update());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(receiver, shutdown.clone()));
+        advance(2).await;
+        assert!(
+            runtime
+                .calls()
+                .contains(&Call::CreateContainer("app".into(), 1)),
+            "{:?}",
+            runtime.calls()
+        );
+        assert_eq!(container_status(&api.last_status(), "app").restart_count, 1);
+        shutdown.cancel();
+        task.await.expect("worker ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_started_container_skips_its_startup_probe() {
+        let mut pod = TestPod::new("adopt").container("app");
+        let app = &mut pod.spec().containers[0];
+        app.startup_probe = Some(exec_probe(&["started?"]));
+        app.liveness_probe = Some(exec_probe(&["alive?"]));
+        let (mut first, runtime, api, pods) = worker(&pod);
+        first.sync(&pod.update()).await;
+        advance(1).await;
+        first.sync(&pod.update()).await;
+        let before = api.last_status();
+        assert_eq!(container_status(&before, "app").started, Some(true));
+        drop(first);
+        advance(1).await;
+
+        let mut stored = TestPod(pod.0.clone());
+        stored.0.status = Some(before);
+        runtime.clear_calls();
+        let mut second = PodWorker::new(
+            runtime.clone(),
+            Arc::new(RecordingApi::default()),
+            "10.0.0.5".parse().expect("ip"),
+            Duration::from_secs(1),
+            pods.path().to_path_buf(),
+            EventRecorder::disabled(),
+            &stored.0,
+        );
+        second.sync(&stored.update()).await;
+        advance(1).await;
+        let execs: Vec<Call> = runtime
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Exec(..)))
+            .collect();
+        assert_eq!(execs, [Call::Exec("app".into(), vec!["alive?".into()])]);
     }
 }

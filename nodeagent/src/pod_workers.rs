@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EventSource, Pod};
+use rkube_client::events::EventRecorder;
 use rkube_client::watcher::Event;
 use rkube_client::{watcher, Api, Client, WatcherConfig};
 use tokio::sync::watch;
@@ -18,6 +19,9 @@ use tracing::{info, warn, Instrument};
 
 use crate::pod_worker::{key, ClientPodApi, PodApi, PodUpdate, PodWorker};
 use crate::runtime::ContainerRuntime;
+
+/// `source.component` of the events the node agent records.
+pub const EVENT_COMPONENT: &str = "rkube-nodeagent";
 
 /// Watches this node's pods and runs their workers.
 pub struct PodWorkers<R, A = ClientPodApi> {
@@ -29,6 +33,8 @@ pub struct PodWorkers<R, A = ClientPodApi> {
     resync: Duration,
     /// Where pods' volumes live (`<root>/pods`).
     pods_dir: PathBuf,
+    /// Kubelet-style events about the pods (`source.component` rkube-nodeagent).
+    events: EventRecorder,
 }
 
 impl<R: ContainerRuntime> PodWorkers<R> {
@@ -40,10 +46,20 @@ impl<R: ContainerRuntime> PodWorkers<R> {
         resync: Duration,
         pods_dir: PathBuf,
     ) -> Self {
+        // The recorder's task ends when the last worker holding it is gone.
+        let events = EventRecorder::spawn(
+            Arc::new(client.clone()),
+            EventSource {
+                component: Some(EVENT_COMPONENT.to_string()),
+                host: Some(node.clone()),
+            },
+            CancellationToken::new(),
+        );
         PodWorkers {
             pods: Api::all(client.clone()),
             runtime,
             api: Arc::new(ClientPodApi::new(client)),
+            events,
             node,
             host_ip,
             resync,
@@ -129,6 +145,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorkers<R, A> {
             self.host_ip,
             self.resync,
             self.pods_dir.clone(),
+            self.events.clone(),
             &update.pod,
         );
         let (sender, receiver) = watch::channel(update);

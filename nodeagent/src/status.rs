@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodStatus,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -38,6 +38,10 @@ pub struct ContainerObservation {
     /// How the previous instance ended.
     pub last_terminated: Option<ContainerState>,
     pub restart_count: i32,
+    /// The startup probe's verdict on the current instance; `None` without one.
+    pub startup_passed: Option<bool>,
+    /// The readiness probe's verdict on the current instance; `None` without one.
+    pub readiness_passed: Option<bool>,
 }
 
 impl ContainerObservation {
@@ -64,6 +68,16 @@ impl ContainerObservation {
         self.waiting.is_none() && matches!(self.state, Some(ContainerState::Running { .. }))
     }
 
+    /// Running and past its startup probe (if any): `started` in the status.
+    pub fn started(&self) -> bool {
+        self.running() && self.startup_passed.unwrap_or(true)
+    }
+
+    /// Started and passing its readiness probe (if any): `ready` in the status.
+    pub fn ready(&self) -> bool {
+        self.started() && self.readiness_passed.unwrap_or(true)
+    }
+
     /// The exit code if the current instance exited.
     pub fn exit_code(&self) -> Option<i32> {
         match self.state {
@@ -79,6 +93,8 @@ pub struct PodObservation {
     pub init_containers: Vec<ContainerObservation>,
     pub containers: Vec<ContainerObservation>,
     pub host_ip: Option<IpAddr>,
+    /// The sandbox's IP once the pod network gave it one.
+    pub pod_ip: Option<IpAddr>,
     pub start_time: Option<DateTime<Utc>>,
 }
 
@@ -270,7 +286,10 @@ pub fn pod_status(
         condition("PodScheduled", true, None, None),
     ];
     let host_ip = obs.host_ip.map(|ip| ip.to_string());
+    let pod_ip = obs.pod_ip.map(|ip| ip.to_string());
     PodStatus {
+        pod_ip: pod_ip.clone(),
+        pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
         host_ip: host_ip.clone(),
@@ -341,7 +360,6 @@ fn container_status(c: &ContainerObservation, default_waiting: &str) -> Containe
         ),
         (None, None) => (waiting(default_waiting, None), c.last_terminated.clone()),
     };
-    let running = c.running();
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone(),
@@ -349,8 +367,8 @@ fn container_status(c: &ContainerObservation, default_waiting: &str) -> Containe
         container_id,
         state: Some(state),
         last_state: last.map(|s| api_state(&s, None)),
-        ready: running,
-        started: Some(running),
+        ready: c.ready(),
+        started: Some(c.started()),
         restart_count: c.restart_count,
         ..Default::default()
     }
@@ -547,6 +565,7 @@ mod tests {
                 ..running()
             }],
             host_ip: Some("10.0.0.5".parse().expect("ip")),
+            pod_ip: Some("10.88.0.7".parse().expect("ip")),
             start_time: Some(t0),
             ..Default::default()
         };
@@ -554,6 +573,13 @@ mod tests {
         let status = pod_status(&pod, &obs, None, t0);
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.88.0.7"));
+        assert_eq!(
+            status.pod_ips,
+            Some(vec![PodIP {
+                ip: "10.88.0.7".into()
+            }])
+        );
         assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
         let conditions = status.conditions.clone().expect("conditions");
         let types: Vec<(&str, &str)> = conditions
@@ -604,5 +630,63 @@ mod tests {
             Some("CrashLoopBackOff")
         );
         assert!(!cs.ready);
+    }
+
+    #[test]
+    fn probes_gate_started_and_ready() {
+        let cases = [
+            ("no probes", None, None, true, true),
+            ("startup pending", Some(false), None, false, false),
+            (
+                "started, readiness pending",
+                Some(true),
+                Some(false),
+                true,
+                false,
+            ),
+            ("started and ready", Some(true), Some(true), true, true),
+            ("readiness only, failing", None, Some(false), true, false),
+        ];
+        for (name, startup, readiness, started, ready) in cases {
+            let obs = PodObservation {
+                containers: vec![ContainerObservation {
+                    startup_passed: startup,
+                    readiness_passed: readiness,
+                    ..running()
+                }],
+                ..Default::default()
+            };
+            let status = pod_status(&pod("Always", &[]), &obs, None, Utc::now());
+            let cs = &status.container_statuses.as_ref().expect("statuses")[0];
+            assert_eq!(cs.started, Some(started), "{name}");
+            assert_eq!(cs.ready, ready, "{name}");
+            let condition = |t: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == t)
+                    .map(|c| c.status.clone())
+            };
+            let want = if ready { "True" } else { "False" };
+            assert_eq!(condition("Ready").as_deref(), Some(want), "{name}");
+            assert_eq!(
+                condition("ContainersReady").as_deref(),
+                Some(want),
+                "{name}"
+            );
+        }
+        // A container that is not running is neither started nor ready.
+        let obs = PodObservation {
+            containers: vec![ContainerObservation {
+                startup_passed: Some(true),
+                readiness_passed: Some(true),
+                ..exited(1)
+            }],
+            ..Default::default()
+        };
+        let status = pod_status(&pod("Always", &[]), &obs, None, Utc::now());
+        let cs = &status.container_statuses.as_ref().expect("statuses")[0];
+        assert_eq!((cs.started, cs.ready), (Some(false), false));
     }
 }
