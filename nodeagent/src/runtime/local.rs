@@ -6,10 +6,12 @@
 //! the files of [`super::state`] and signals. libcontainer never runs in the agent.
 //!
 //! Layout under the root directory: `sandboxes/<id>/`, `containers/<id>/` (bundle and
-//! state), `logs/<sandbox>/<container>/<attempt>.log` and `lc/` (libcontainer's state).
+//! state), `logs/<sandbox>/<container>/<attempt>.log` (rotated to `<attempt>.log.<n>`),
+//! `exec/` (one private directory per exec session) and `lc/` (libcontainer's state).
 //! Cgroups are `/rkube/<container id>` in every hierarchy (v1) or in the unified one.
 
 use std::ffi::OsStr;
+use std::net::IpAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,15 +22,18 @@ use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
 use super::container::SandboxNamespaces;
+use super::exec::{self, ExecProcess, ExecRequest, ExecTarget};
 use super::image::ImageStore;
 use super::rootfs::Rootfs;
 use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
+use super::Mount;
 use super::{
     ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error,
     ExecOutput, ImageRef, PullPolicy, Result, SandboxConfig, SandboxId, SandboxStatus, StopSignal,
 };
+use crate::network::NetworkHandle;
 
 /// How long removal waits for a killed container's helper to record the exit.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
@@ -76,6 +81,10 @@ pub enum ShimError {
     },
     #[error("the blocking task was interrupted")]
     Join(#[source] tokio::task::JoinError),
+    #[error("the pod network is not up yet (waiting for the node's podCIDR)")]
+    NetworkNotReady,
+    #[error("failed to attach the sandbox to the pod network")]
+    Network(#[source] Box<crate::network::Error>),
 }
 
 /// The built-in runtime.
@@ -84,6 +93,26 @@ pub struct LocalRuntime {
     images: ImageStore,
     root: PathBuf,
     shim: PathBuf,
+    log_rotation: LogRotation,
+    /// The pod network sandboxes are attached to; `None`: loopback-only pods.
+    network: Option<NetworkHandle>,
+}
+
+/// When the helpers rotate container logs: past `max_size` bytes, keeping `max_files`
+/// files (the live one included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_size: u64,
+    pub max_files: usize,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_size: crate::shim::log::DEFAULT_MAX_SIZE,
+            max_files: crate::shim::log::DEFAULT_MAX_FILES,
+        }
+    }
 }
 
 fn failed<'a, E: std::error::Error + Send + Sync + 'static>(
@@ -126,7 +155,73 @@ impl LocalRuntime {
             images,
             root,
             shim: config.shim_binary,
+            log_rotation: LogRotation::default(),
+            network: None,
         })
+    }
+
+    /// Rotates the logs of containers started from now on as `rotation` says.
+    pub fn set_log_rotation(&mut self, rotation: LogRotation) {
+        self.log_rotation = rotation;
+    }
+
+    /// Attaches every sandbox created from now on to the pod network behind `network`
+    /// (its `eth0`, address and default route; `/etc/resolv.conf` and `/etc/hosts` in
+    /// each container).
+    pub fn set_network(&mut self, network: NetworkHandle) {
+        self.network = Some(network);
+    }
+
+    /// Attaches the sandbox whose pause process is `pid` to the pod network and writes
+    /// its `resolv.conf` and `hosts`; without a pod network, does nothing.
+    async fn attach_network(
+        &self,
+        id: &SandboxId,
+        config: &SandboxConfig,
+        paths: &SandboxPaths,
+    ) -> Result<(), ShimError> {
+        let Some(handle) = &self.network else {
+            return Ok(());
+        };
+        let network = handle.get().ok_or(ShimError::NetworkNotReady)?;
+        let pid = state::read_pid(&paths.pid())
+            .ok()
+            .flatten()
+            .ok_or(ShimError::PauseGone { pid: 0 })?;
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let ip = network
+            .attach(&id.0, &netns)
+            .await
+            .map_err(|source| ShimError::Network(Box::new(source)))?;
+        let resolv = network.resolv_conf(&config.namespace, handle.cluster_domain());
+        let hosts = crate::network::hosts_file(Some(ip), &config.hostname);
+        for (name, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
+            let path = paths.dir.join(name);
+            std::fs::write(&path, text).map_err(io_error(&path))?;
+        }
+        Ok(())
+    }
+
+    /// `config` plus read-only mounts of the sandbox's `resolv.conf` and `hosts` at
+    /// `/etc/resolv.conf` and `/etc/hosts`, where the sandbox has them and the
+    /// container does not mount those paths itself.
+    fn with_network_files(
+        &self,
+        config: &ContainerConfig,
+        sandbox: &SandboxPaths,
+    ) -> ContainerConfig {
+        let mut config = config.clone();
+        for (name, target) in [("resolv.conf", "/etc/resolv.conf"), ("hosts", "/etc/hosts")] {
+            let host_path = sandbox.dir.join(name);
+            if host_path.exists() && !config.mounts.iter().any(|m| m.container_path == target) {
+                config.mounts.push(Mount {
+                    host_path,
+                    container_path: target.to_string(),
+                    read_only: true,
+                });
+            }
+        }
+        config
     }
 
     /// The image store.
@@ -301,6 +396,71 @@ fn remove_dir(path: &Path) -> Result<(), ShimError> {
     }
 }
 
+/// How much output [`ContainerRuntime::exec_sync`] keeps (exec probes and hooks).
+const EXEC_SYNC_OUTPUT_LIMIT: usize = 10 * 1024;
+
+impl LocalRuntime {
+    /// Starts `request` in the running container `id` (see [`exec`]); the streaming
+    /// exec of the agent's service and the base of `exec_sync`.
+    ///
+    /// # Errors
+    /// [`Error::ContainerNotFound`], or [`Error::Failed`] when the container does not
+    /// run or the command cannot be started.
+    pub async fn exec(&self, id: &ContainerId, request: &ExecRequest) -> Result<ExecProcess> {
+        if !matches!(
+            self.container_status(id).await?,
+            ContainerState::Running { .. }
+        ) {
+            return Err(failed("exec in", &id.0)(exec::Error::NotRunning));
+        }
+        let paths = self.container_paths(id);
+        let libcontainer_root = self.libcontainer_root();
+        let exec_root = self.root.join("exec");
+        let target = ExecTarget {
+            shim: &self.shim,
+            id: &id.0,
+            bundle: &paths.dir,
+            libcontainer_root: &libcontainer_root,
+            exec_root: &exec_root,
+        };
+        exec::start(&target, request)
+            .await
+            .map_err(failed("exec in", &id.0))
+    }
+
+    /// The containers of the pod `namespace/name` with `uid` on this node, each with its
+    /// record, newest attempt last; empty when the pod has no sandbox here.
+    ///
+    /// # Errors
+    /// When the state directory cannot be read.
+    pub async fn pod_containers(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Vec<(ContainerId, ContainerMeta)>> {
+        let sandbox = sandbox_id(&SandboxConfig {
+            pod_uid: uid.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            hostname: String::new(),
+        });
+        let mut found = Vec::new();
+        for info in self.list_containers(&sandbox).await? {
+            if let Ok(meta) = self.container_meta(&info.id) {
+                found.push((info.id, meta));
+            }
+        }
+        found.sort_by_key(|(_, meta)| meta.attempt);
+        Ok(found)
+    }
+
+    /// The state directory of container `id` (its bundle and state files).
+    pub fn container_dir(&self, id: &ContainerId) -> PathBuf {
+        self.container_paths(id).dir
+    }
+}
+
 impl ContainerRuntime for LocalRuntime {
     async fn pull_image(&self, image: &str, policy: PullPolicy) -> Result<ImageRef> {
         self.images.ensure(image, policy).await
@@ -336,6 +496,11 @@ impl ContainerRuntime for LocalRuntime {
             let _ = remove_dir(&paths.dir);
             return Err(failed("create sandbox", &id.0)(err));
         }
+        if let Err(err) = self.attach_network(&id, config, &paths).await {
+            // Without its network the sandbox is useless: take it down again.
+            let _ = self.remove_sandbox(&id).await;
+            return Err(failed("create sandbox", &id.0)(err));
+        }
         Ok(id)
     }
 
@@ -345,7 +510,12 @@ impl ContainerRuntime for LocalRuntime {
         match pid {
             Some(pid) if alive(pid) => Ok(SandboxStatus {
                 netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
-                ip: None,
+                ip: self
+                    .network
+                    .as_ref()
+                    .and_then(NetworkHandle::get)
+                    .and_then(|network| network.address(&id.0))
+                    .map(IpAddr::V4),
             }),
             _ => Err(Error::SandboxNotFound { id: id.0.clone() }),
         }
@@ -358,6 +528,12 @@ impl ContainerRuntime for LocalRuntime {
                 pidfd_send_signal(&pidfd, pid, Signal::SIGKILL)
                     .map_err(failed("remove sandbox", &id.0))?;
             }
+        }
+        if let Some(network) = self.network.as_ref().and_then(NetworkHandle::get) {
+            network
+                .detach(&id.0)
+                .await
+                .map_err(failed("detach sandbox from the pod network", &id.0))?;
         }
         remove_dir(&self.root.join("logs").join(&id.0)).map_err(failed("remove sandbox", &id.0))?;
         remove_dir(&paths.dir).map_err(failed("remove sandbox", &id.0))
@@ -404,6 +580,7 @@ impl ContainerRuntime for LocalRuntime {
             ipc: Some(PathBuf::from(format!("/proc/{pid}/ns/ipc"))),
             uts: Some(PathBuf::from(format!("/proc/{pid}/ns/uts"))),
         };
+        let config = &self.with_network_files(config, &sandbox_paths);
         let mut spec = super::container::oci_spec(
             config,
             &record.config,
@@ -500,6 +677,8 @@ impl ContainerRuntime for LocalRuntime {
             return Ok(());
         }
         let root = self.libcontainer_root();
+        let max_size = self.log_rotation.max_size.to_string();
+        let max_files = self.log_rotation.max_files.to_string();
         let args = vec![
             OsStr::new("--id"),
             OsStr::new(&id.0),
@@ -511,6 +690,10 @@ impl ContainerRuntime for LocalRuntime {
             meta.log_path.as_os_str(),
             OsStr::new("--cgroup"),
             meta.cgroup_path.as_os_str(),
+            OsStr::new("--log-max-size"),
+            OsStr::new(&max_size),
+            OsStr::new("--log-max-files"),
+            OsStr::new(&max_files),
         ];
         self.shim("run", args)
             .await
@@ -586,10 +769,15 @@ impl ContainerRuntime for LocalRuntime {
             move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 Rootfs::under(&dir).remove()?;
                 if let Some(log) = log {
-                    match std::fs::remove_file(&log) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(source) => return Err(io_error(&log)(source).into()),
+                    // The live log and its rotated pieces.
+                    let mut files = crate::shim::log::rotated_files(&log);
+                    files.push(log);
+                    for file in files {
+                        match std::fs::remove_file(&file) {
+                            Ok(()) => {}
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(source) => return Err(io_error(&file)(source).into()),
+                        }
                     }
                 }
                 Ok(remove_dir(&dir)?)
@@ -656,14 +844,35 @@ impl ContainerRuntime for LocalRuntime {
 
     async fn exec_sync(
         &self,
-        _id: &ContainerId,
-        _command: &[String],
-        _timeout: Duration,
+        id: &ContainerId,
+        command: &[String],
+        timeout: Duration,
     ) -> Result<ExecOutput> {
-        Err(Error::Unsupported {
-            runtime: "local",
-            operation: "exec",
-        })
+        let request = ExecRequest {
+            command: command.to_vec(),
+            stdin: false,
+            tty: false,
+            size: None,
+        };
+        let mut process = self.exec(id, &request).await?;
+        let stdout = process.stdout.take();
+        let stderr = process.stderr.take();
+        let run = async {
+            let output = exec::collect_output(stdout, stderr, EXEC_SYNC_OUTPUT_LIMIT).await;
+            (output, process.wait().await)
+        };
+        let finished = tokio::time::timeout(timeout, run).await;
+        match finished {
+            Ok((output, Ok(exit_code))) => Ok(ExecOutput { exit_code, output }),
+            Ok((_, Err(err))) => Err(failed("exec in", &id.0)(err)),
+            Err(_) => {
+                process.kill();
+                Err(Error::Timeout {
+                    id: id.0.clone(),
+                    timeout,
+                })
+            }
+        }
     }
 }
 
