@@ -1,21 +1,26 @@
 //! The agent as a whole: connects to the apiserver, registers the node, then runs the
-//! node status heartbeat, the Lease renewal and the pod workers until shutdown.
+//! node status heartbeat, the Lease renewal, the pod workers and (with the built-in
+//! runtime) the NodeAgent service until shutdown.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rkube_client::{Client, ClientConfig};
+use rkube_client::{Api, Client, ClientConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
+use crate::dns;
 use crate::lease::LeaseRenewer;
 use crate::machine::MachineInfo;
+use crate::network::{self, NetworkHandle, PodNetworkOptions};
 use crate::node::NodeRegistrar;
 use crate::pod_workers::PodWorkers;
-use crate::runtime::{ContainerRuntime, LocalRuntime, LocalRuntimeConfig};
+use crate::proxy;
+use crate::runtime::{ContainerRuntime, LocalRuntime, LocalRuntimeConfig, LogRotation};
+use crate::server::{self, NodeAgentService};
 
 /// Everything the agent needs to run; [`Config::new`] fills in kubelet-like defaults.
 #[derive(Debug, Clone)]
@@ -39,6 +44,15 @@ pub struct Config {
     pub node_status_interval: Duration,
     /// How often a pod worker looks at its containers when nothing else happens.
     pub pod_resync_interval: Duration,
+    /// Where the agent's own service (logs, exec, stats) listens over TLS; port 0
+    /// picks a free one. `None` serves nothing (the binary's default is
+    /// `0.0.0.0:10250`).
+    pub listen_address: Option<SocketAddr>,
+    /// When container logs are rotated.
+    pub log_rotation: LogRotation,
+    /// The pod network (bridge, veth, VXLAN overlay); `None` (the default) leaves pods
+    /// loopback-only and the host's network untouched (the binary turns it on).
+    pub pod_network: Option<PodNetworkOptions>,
 }
 
 impl Config {
@@ -55,6 +69,9 @@ impl Config {
             lease_renew_interval: Duration::from_secs(10),
             node_status_interval: Duration::from_secs(10),
             pod_resync_interval: Duration::from_secs(1),
+            listen_address: None,
+            log_rotation: LogRotation::default(),
+            pod_network: None,
         }
     }
 }
@@ -70,13 +87,116 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(path) => path.clone(),
         None => std::env::current_exe().context("find the agent's own executable")?,
     };
-    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+    let mut runtime = LocalRuntime::new(LocalRuntimeConfig {
         root_dir: config.root_dir.clone(),
         insecure_registries: config.insecure_registries.clone(),
         shim_binary,
     })
     .context("prepare the container runtime")?;
-    run_with_runtime(config, Arc::new(runtime), shutdown).await
+    runtime.set_log_rotation(config.log_rotation);
+    if let Some(options) = &config.pod_network {
+        let handle = NetworkHandle::new(options.cluster_domain.clone());
+        runtime.set_network(handle.clone());
+        start_pod_network(&config, handle.clone(), shutdown.clone())
+            .await
+            .context("start the pod network")?;
+        start_services(&config, options, handle, shutdown.clone())
+            .await
+            .context("start the service proxy and cluster dns")?;
+    }
+    let runtime = Arc::new(runtime);
+    let server = config.listen_address.map(|addr| (addr, runtime.clone()));
+    run_inner(config, runtime, server, shutdown).await
+}
+
+/// Starts the pod network's task: it waits for the node's podCIDR, builds the node's
+/// part of the network, fills `handle` and keeps the overlay's peers until `shutdown`.
+async fn start_pod_network(
+    config: &Config,
+    handle: NetworkHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = Client::connect(config.client.clone())
+        .await
+        .context("connect to the apiserver")?;
+    let machine =
+        MachineInfo::detect(&config.root_dir, config.node_ip).context("inspect the machine")?;
+    let IpAddr::V4(underlay_ip) = machine.internal_ip else {
+        anyhow::bail!(
+            "the pod network needs an IPv4 node address, not {}",
+            machine.internal_ip
+        );
+    };
+    let startup = network::node::Startup {
+        node_name: config.node_name.clone(),
+        state_dir: config.root_dir.join("network"),
+        underlay_ip,
+        sandboxes_dir: config.root_dir.join("sandboxes"),
+    };
+    let node = config.node_name.clone();
+    tokio::spawn(
+        async move {
+            if let Err(err) =
+                network::node::run(Api::all(client), startup, handle, shutdown).await
+            {
+                tracing::error!(error = %anyhow::Error::from(err), "the pod network failed; pods cannot start");
+            }
+        }
+        .instrument(tracing::info_span!("pod_network", node = %node)),
+    );
+    Ok(())
+}
+
+/// Starts the service proxy (`table ip rkube`, kept in step with Services and Endpoints)
+/// and, once the pod network is up, the cluster DNS on the bridge address, port 53.
+async fn start_services(
+    config: &Config,
+    options: &PodNetworkOptions,
+    handle: NetworkHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = Client::connect(config.client.clone())
+        .await
+        .context("connect to the apiserver")?;
+    if let Err(error) = proxy::enable_bridge_netfilter() {
+        tracing::warn!(error = %error, "cannot pass bridged traffic through conntrack (br_netfilter); a pod reaching a Service backed by a pod on the same node may hang");
+    }
+    let node = config.node_name.clone();
+    let (reflector, state) = proxy::reflect(client);
+    tokio::spawn(
+        reflector
+            .run(shutdown.clone())
+            .instrument(tracing::info_span!("service_reflector", node = %node)),
+    );
+    let ranges = proxy::ruleset::Ranges {
+        cluster_cidr: options.cluster_cidr,
+        service_cidr: options.service_cidr,
+    };
+    let rules = proxy::Proxy::new(state.clone(), ranges, Arc::new(proxy::apply::Nft::new()));
+    tokio::spawn(
+        rules
+            .run(shutdown.clone())
+            .instrument(tracing::info_span!("service_proxy", node = %node)),
+    );
+    let domain = options.cluster_domain.clone();
+    tokio::spawn(
+        async move {
+            let network = tokio::select! {
+                network = handle.wait() => network,
+                _ = shutdown.cancelled() => return,
+            };
+            let gateway = network.local().gateway;
+            let config = dns::DnsConfig::from_host(domain, Some(gateway.into()));
+            match dns::DnsServer::bind((gateway, 53).into(), config, Arc::new(state)).await {
+                Ok(server) => server.run(shutdown).await,
+                Err(error) => {
+                    tracing::error!(%gateway, error = %error, "cannot serve cluster dns; pods cannot resolve names")
+                }
+            }
+        }
+        .instrument(tracing::info_span!("cluster_dns", node = %node)),
+    );
+    Ok(())
 }
 
 /// Runs the node agent with `runtime` (the tests use the recording fake).
@@ -88,6 +208,16 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
     runtime: Arc<R>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_inner(config, runtime, None, shutdown).await
+}
+
+/// The agent, serving the NodeAgent service on `server`'s address for its runtime.
+async fn run_inner<R: ContainerRuntime>(
+    config: Config,
+    runtime: Arc<R>,
+    server: Option<(SocketAddr, Arc<LocalRuntime>)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let client = Client::connect(config.client.clone())
         .await
         .context("connect to the apiserver")?;
@@ -95,11 +225,42 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
         MachineInfo::detect(&config.root_dir, config.node_ip).context("inspect the machine")?;
     info!(node = %config.node_name, ip = %machine.internal_ip, cpus = machine.cpus, "starting node agent");
 
-    let registrar = NodeRegistrar::new(client.clone(), config.node_name.clone(), machine.clone());
+    let mut registrar =
+        NodeRegistrar::new(client.clone(), config.node_name.clone(), machine.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((addr, local)) = server {
+        let identity = server::serving_certificate(
+            &config.root_dir.join("pki"),
+            &config.node_name,
+            machine.internal_ip,
+        )
+        .context("prepare the serving certificate")?;
+        let ca = config
+            .client
+            .ca_pem
+            .as_deref()
+            .ok_or(server::Error::NoClusterCa)
+            .context("trust the apiserver's client certificate")?;
+        let listener = server::Listener::bind(addr, identity, ca)
+            .await
+            .context("listen for the NodeAgent service")?;
+        registrar = registrar.with_kubelet_port(listener.port());
+        let service = NodeAgentService::new(local, client.clone(), config.node_name.clone());
+        let token = shutdown.clone();
+        tasks.spawn(
+            async move {
+                if let Err(err) = listener.serve(service, token.clone()).await {
+                    tracing::error!(error = %err, "the NodeAgent service failed");
+                }
+                // Serving ends only at shutdown; the agent stops with it otherwise.
+                token.cancelled().await;
+            }
+            .instrument(tracing::info_span!("node_agent_service", node = %config.node_name)),
+        );
+    }
     let node = registrar.register().await.context("register the node")?;
     let node_uid = node.metadata.uid.clone().unwrap_or_default();
 
-    let mut tasks = tokio::task::JoinSet::new();
     let heartbeat = registrar.clone();
     let interval = config.node_status_interval;
     let token = shutdown.clone();

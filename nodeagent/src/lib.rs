@@ -10,6 +10,14 @@
 //!   pod; the worker drives a [`runtime::ContainerRuntime`] (restart policy,
 //!   [`backoff`], graceful deletion) and reports [`status`]; [`volume`] lays out the
 //!   pod's volumes on the host.
+//! - [`network`]: the pod network: a bridge per node, a veth and a persisted address per
+//!   pod sandbox, and the flannel-style VXLAN overlay to the other nodes.
+//! - [`proxy`]: the service proxy, Services and Endpoints as one nftables table
+//!   (ClusterIP, NodePort, session affinity, hairpin, the pods' egress masquerade);
+//!   [`dns`]: the cluster DNS server on the bridge address, answering from the same watch.
+//!
+//! [`server`] serves the agent's own gRPC service (container logs, exec, [`stats`]) to
+//! the apiserver over TLS.
 //!
 //! [`shim`] is the single-threaded helper the built-in runtime re-executes the agent
 //! binary as (`rkube-nodeagent shim …`) to run each container with libcontainer.
@@ -19,13 +27,20 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod dns;
 pub mod lease;
 pub mod machine;
+pub mod network;
 pub mod node;
 pub mod pod_worker;
 pub mod pod_workers;
+pub mod probe;
+pub mod proxy;
 pub mod runtime;
+pub mod security;
+pub mod server;
 pub mod shim;
+pub mod stats;
 pub mod status;
 pub mod volume;
 

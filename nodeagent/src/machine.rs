@@ -31,6 +31,90 @@ pub enum Error {
     Hostname(#[source] nix::Error),
     #[error("the hostname is not valid UTF-8")]
     HostnameNotUtf8,
+    #[error("invalid quantity {value:?}: {reason}")]
+    Quantity { value: String, reason: &'static str },
+}
+
+/// A capacity this node reports instead of the machine's own (a lab node given its
+/// share of one machine, so scheduling behaves as on separate machines).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityOverride {
+    /// Whole CPUs.
+    pub cpus: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+static CAPACITY_OVERRIDE: std::sync::OnceLock<CapacityOverride> = std::sync::OnceLock::new();
+
+/// Makes every later [`MachineInfo::detect`] of this process report `capacity`
+/// (`--node-cpu`/`--node-memory`); only the first call counts.
+pub fn set_capacity_override(capacity: CapacityOverride) {
+    let _ = CAPACITY_OVERRIDE.set(capacity);
+}
+
+/// Parses a Kubernetes CPU quantity that is a whole number of CPUs (`2`, `4000m`).
+///
+/// # Errors
+/// When it is not a quantity, not positive or not whole.
+pub fn parse_cpu_quantity(value: &str) -> Result<u64> {
+    let invalid = |reason| Error::Quantity {
+        value: value.to_string(),
+        reason,
+    };
+    let millis = match value.strip_suffix('m') {
+        Some(millis) => millis
+            .parse::<u64>()
+            .map_err(|_| invalid("not a number of millicores"))?,
+        None => value
+            .parse::<u64>()
+            .map_err(|_| invalid("not a whole number of CPUs"))?
+            .checked_mul(1000)
+            .ok_or_else(|| invalid("too large"))?,
+    };
+    if millis == 0 || millis % 1000 != 0 {
+        return Err(invalid(
+            "the node capacity must be a positive whole number of CPUs",
+        ));
+    }
+    Ok(millis / 1000)
+}
+
+/// Parses a Kubernetes memory quantity (`4Gi`, `512Mi`, `2G`, `1000000`) into bytes.
+///
+/// # Errors
+/// When it is not a quantity with a known suffix, or is zero.
+pub fn parse_memory_quantity(value: &str) -> Result<u64> {
+    let invalid = |reason| Error::Quantity {
+        value: value.to_string(),
+        reason,
+    };
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid("not a number"))?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(invalid(
+                "unknown suffix (want k, M, G, T, Ki, Mi, Gi or Ti)",
+            ))
+        }
+    };
+    match number.checked_mul(unit) {
+        Some(0) => Err(invalid("must be positive")),
+        Some(bytes) => Ok(bytes),
+        None => Err(invalid("too large")),
+    }
 }
 
 /// `Result` with this module's [`Error`].
@@ -87,9 +171,12 @@ impl MachineInfo {
             .ok()
             .and_then(|text| parse_pretty_name(&text))
             .unwrap_or_else(|| "Linux".to_string());
-        let cpus = std::thread::available_parallelism()
+        let detected_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u64)
             .unwrap_or(1);
+        let capacity = CAPACITY_OVERRIDE.get().copied().unwrap_or_default();
+        let cpus = capacity.cpus.unwrap_or(detected_cpus);
+        let memory_bytes = capacity.memory_bytes.unwrap_or(memory_bytes);
         Ok(MachineInfo {
             hostname: hostname()?,
             cpus,
@@ -195,6 +282,22 @@ mod tests {
         assert_eq!(kubernetes_arch("x86_64"), "amd64");
         assert_eq!(kubernetes_arch("aarch64"), "arm64");
         assert_eq!(kubernetes_arch("riscv64"), "riscv64");
+    }
+
+    #[test]
+    fn parses_capacity_quantities() {
+        assert_eq!(parse_cpu_quantity("2").expect("2"), 2);
+        assert_eq!(parse_cpu_quantity("3000m").expect("3000m"), 3);
+        for bad in ["0", "1500m", "x", "-1", "1.5"] {
+            assert!(parse_cpu_quantity(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_memory_quantity("4Gi").expect("4Gi"), 4 << 30);
+        assert_eq!(parse_memory_quantity("512Mi").expect("Mi"), 512 << 20);
+        assert_eq!(parse_memory_quantity("2G").expect("G"), 2_000_000_000);
+        assert_eq!(parse_memory_quantity("1024").expect("bytes"), 1024);
+        for bad in ["0", "Gi", "4Xi", "4 Gi", ""] {
+            assert!(parse_memory_quantity(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -35,6 +35,38 @@ struct Flags {
     /// The node's InternalIP (default: the first non-loopback IPv4 address).
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
+    /// CPUs this node reports as its capacity instead of the machine's (a whole number,
+    /// e.g. `2` or `2000m`; lab nodes sharing one machine).
+    #[arg(long, value_parser = rkube_nodeagent::machine::parse_cpu_quantity)]
+    node_cpu: Option<u64>,
+    /// Memory this node reports as its capacity instead of the machine's (a Kubernetes
+    /// quantity, e.g. `4Gi`).
+    #[arg(long, value_parser = rkube_nodeagent::machine::parse_memory_quantity)]
+    node_memory: Option<u64>,
+    /// Where the agent's own service (logs, exec, stats for the apiserver) listens, over
+    /// TLS with client certificates from the cluster CA.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen_address: std::net::SocketAddr,
+    /// Rotate a container's log once it would grow past this size (a Kubernetes
+    /// quantity, e.g. `10Mi`).
+    #[arg(long, default_value = "10Mi", value_parser = rkube_nodeagent::machine::parse_memory_quantity)]
+    container_log_max_size: u64,
+    /// How many log files to keep per container, the live one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    container_log_max_files: u64,
+    /// Give pods their own network (bridge, veth, VXLAN overlay to the other nodes);
+    /// `--pod-network=false` leaves pods loopback-only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pod_network: bool,
+    /// The pods' address range across the cluster.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnetwork::Ipv4Network,
+    /// The Services' virtual address range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnetwork::Ipv4Network,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -72,6 +104,22 @@ fn main() -> anyhow::Result<ExitCode> {
     let mut config = rkube_nodeagent::Config::new(client, node_name, flags.root_dir);
     config.insecure_registries = flags.insecure_registries;
     config.node_ip = flags.node_ip;
+    config.pod_network = flags
+        .pod_network
+        .then(|| rkube_nodeagent::network::PodNetworkOptions {
+            cluster_cidr: flags.cluster_cidr,
+            service_cidr: flags.service_cidr,
+            cluster_domain: flags.cluster_domain.clone(),
+        });
+    config.listen_address = Some(flags.listen_address);
+    config.log_rotation = rkube_nodeagent::runtime::LogRotation {
+        max_size: flags.container_log_max_size,
+        max_files: usize::try_from(flags.container_log_max_files).unwrap_or(usize::MAX),
+    };
+    rkube_nodeagent::machine::set_capacity_override(rkube_nodeagent::machine::CapacityOverride {
+        cpus: flags.node_cpu,
+        memory_bytes: flags.node_memory,
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
