@@ -1,5 +1,9 @@
 //! The lab launcher behind `rkube up`, `rkube down` and `rkube status`: a control plane
-//! (etcd and the apiserver) as detached local processes under one state directory.
+//! (etcd, apiserver, scheduler, controller-manager), a `docker-registry` and N node
+//! agents as detached local processes under one state directory. Each node agent runs
+//! in its own network namespace on an underlay bridge ([`underlay`]), so one machine
+//! holds a multi-node cluster; the control plane and the registry listen on the host at
+//! the bridge address.
 //!
 //! State directory layout:
 //!
@@ -7,14 +11,23 @@
 //! |---|---|
 //! | `pki/` | CA, certificates, tokens, component kubeconfigs ([`crate::pki`]) |
 //! | `etcd/` | the local etcd's data (absent with `--etcd-servers`) |
-//! | `logs/<name>.log` | each process's stdout and stderr |
+//! | `logs/<name>.log` | each process's stdout and stderr (`agent-<node>` for agents) |
 //! | `run/<name>.pid` | each process's pid |
+//! | `lab.json` | the underlay: bridge, CIDR, and per node its address, netns, root dir |
+//! | `nodes/<node>/` | each node agent's root dir (images, containers, pods) |
+//! | `registry/` | the registry's configuration and storage |
+//! | `registry-addr` | the registry's `host:port` |
+//! | `pki-hosts` | the extra hosts the apiserver certificate was generated for |
 //! | `kubeconfig-path` | the user kubeconfig `up` merged the `rkube` context into |
 //! | `server` | the apiserver URL, for `status` |
+
+pub mod nodes;
+pub mod underlay;
 
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +38,7 @@ use nix::unistd::Pid;
 
 use crate::kubeconfig;
 use crate::pki::{self, ClusterPki, Component, CONTEXT_NAME};
+use underlay::{Cidr, IpCommand, Names, Net};
 
 /// Marks a directory as an rkube state directory, so `down` never removes anything else.
 const MARKER: &str = ".rkube-state";
@@ -55,21 +69,21 @@ pub enum Error {
     MissingBinary { path: PathBuf },
     #[error("failed to start {name} ({binary})")]
     Spawn {
-        name: &'static str,
+        name: String,
         binary: PathBuf,
         #[source]
         source: io::Error,
     },
     #[error("{name} exited ({status}) while starting; last lines of {log}:\n{tail}")]
     Exited {
-        name: &'static str,
+        name: String,
         status: std::process::ExitStatus,
         log: PathBuf,
         tail: String,
     },
     #[error("{name} did not become ready within {timeout:?}; last lines of {log}:\n{tail}")]
     NotReady {
-        name: &'static str,
+        name: String,
         timeout: Duration,
         log: PathBuf,
         tail: String,
@@ -78,15 +92,47 @@ pub enum Error {
     HttpClient(#[source] reqwest::Error),
     #[error("failed to signal {name} (pid {pid})")]
     Signal {
-        name: &'static str,
+        name: String,
         pid: i32,
         #[source]
         source: nix::Error,
     },
     #[error("{name} (pid {pid}) is still running after SIGKILL")]
-    Unkillable { name: &'static str, pid: i32 },
+    Unkillable { name: String, pid: i32 },
     #[error("{path} is not an rkube state directory (no {MARKER}); refusing to remove it")]
     NotAStateDir { path: PathBuf },
+    #[error("failed to set up the lab network")]
+    Underlay(#[from] underlay::Error),
+    #[error(
+        "the lab in {state_dir} uses the underlay {recorded}, not {wanted}; run `rkube down` first"
+    )]
+    UnderlayMismatch {
+        state_dir: PathBuf,
+        recorded: String,
+        wanted: String,
+    },
+    #[error("failed to parse {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the underlay {underlay} overlaps the {what} {other}; choose another --underlay-cidr")]
+    UnderlayOverlap {
+        underlay: String,
+        what: &'static str,
+        other: String,
+    },
+    #[error(
+        "the apiserver certificate in {state_dir} does not name {host}; run `rkube down` first"
+    )]
+    CertificateLacksHost { host: String, state_dir: PathBuf },
+    #[error("a lab with nodes needs root (network namespaces, containers); run with sudo or use --nodes 0")]
+    NeedsRoot,
+    #[error("nodes not Ready within {timeout:?}: {waiting}")]
+    NodesNotReady { timeout: Duration, waiting: String },
+    #[error("mounts are left under {path} ({mounts}); refusing to remove it")]
+    MountsLeft { path: PathBuf, mounts: String },
 }
 
 /// The result type of this module.
@@ -112,7 +158,36 @@ pub struct LabConfig {
     /// The kubeconfig to merge the `rkube` context into; `None` for the default
     /// (`$KUBECONFIG`'s first path or `$HOME/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
+    /// How many node agents to run, each in its own network namespace (0: control
+    /// plane only, on 127.0.0.1).
+    pub nodes: usize,
+    /// The CPU capacity each node reports (`--node-cpu`), the machine's when `None`.
+    pub node_cpu: Option<String>,
+    /// The memory capacity each node reports (`--node-memory`).
+    pub node_memory: Option<String>,
+    /// The underlay network: the host bridge takes its first address, node `n` the
+    /// `n+1`th.
+    pub underlay: Cidr,
+    /// The pod network the controller-manager splits into per-node podCIDRs.
+    pub cluster_cidr: String,
+    /// The `docker-registry` binary.
+    pub registry_binary: PathBuf,
+    /// The `nsenter` binary that starts each agent inside its node's namespace.
+    pub nsenter_binary: PathBuf,
 }
+
+/// The default underlay CIDR of a lab.
+pub const DEFAULT_UNDERLAY: Cidr = Cidr {
+    network: Ipv4Addr::new(10, 250, 0, 0),
+    prefix: 24,
+};
+/// The apiserver's default Service CIDR, which the underlay must stay out of.
+pub const SERVICE_CIDR: Cidr = Cidr {
+    network: Ipv4Addr::new(10, 96, 0, 0),
+    prefix: 12,
+};
+/// The default cluster (pod) CIDR.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 impl LabConfig {
     /// The defaults for a state directory: local etcd on 2379/2380, apiserver on 6443,
@@ -131,12 +206,37 @@ impl LabConfig {
             etcd_binary: PathBuf::from("/usr/bin/etcd"),
             bin_dir,
             kubeconfig: None,
+            nodes: 0,
+            node_cpu: None,
+            node_memory: None,
+            underlay: DEFAULT_UNDERLAY,
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.to_string(),
+            registry_binary: PathBuf::from("/usr/bin/docker-registry"),
+            nsenter_binary: PathBuf::from("/usr/bin/nsenter"),
         }
     }
 
-    /// The apiserver's URL.
+    /// The apiserver's URL: on the underlay bridge when the lab has nodes, else on
+    /// 127.0.0.1.
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.secure_port)
+        format!("https://{}:{}", self.host_ip(), self.secure_port)
+    }
+
+    /// The host address the control plane and the registry are reached at.
+    fn host_ip(&self) -> IpAddr {
+        if self.nodes > 0 {
+            IpAddr::V4(self.underlay.bridge_ip())
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
+
+    fn lab_record(&self) -> PathBuf {
+        self.state_dir.join("lab.json")
+    }
+
+    fn recorded_registry(&self) -> PathBuf {
+        self.state_dir.join("registry-addr")
     }
 
     fn etcd_url(&self) -> String {
@@ -169,7 +269,10 @@ const ETCD: &str = "etcd";
 const APISERVER: &str = "rkube-apiserver";
 const SCHEDULER: &str = "rkube-scheduler";
 const CONTROLLER_MANAGER: &str = "rkube-controller-manager";
-const PROCESSES: [&str; 4] = [ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER];
+const REGISTRY: &str = "docker-registry";
+const PROCESSES: [&str; 5] = [ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER, REGISTRY];
+/// The node agent's program name.
+const AGENT: &str = "rkube-nodeagent";
 
 /// The control-plane components that talk to the apiserver with their own credentials.
 const COMPONENTS: [(&str, Component); 2] = [
@@ -177,31 +280,143 @@ const COMPONENTS: [(&str, Component); 2] = [
     (CONTROLLER_MANAGER, Component::ControllerManager),
 ];
 
+/// The lab's network as `up` made it, recorded in `lab.json` before anything is created
+/// so that `down` (and `up` after a crash) finds everything.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabRecord {
+    /// The lab's name (also its bridge's).
+    pub lab: String,
+    pub bridge: String,
+    pub underlay: Cidr,
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// One lab node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    /// The Node's name.
+    pub name: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// Its network namespace (`/run/netns/<netns>`).
+    pub netns: String,
+    /// The host end of its veth pair, on the bridge.
+    pub host_veth: String,
+    /// The agent's root dir.
+    pub root_dir: PathBuf,
+}
+
+impl NodeRecord {
+    /// The name of its agent's pid and log files.
+    fn process(&self) -> String {
+        format!("agent-{}", self.name)
+    }
+
+    fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+}
+
+impl LabRecord {
+    /// The record for `config`'s lab with `config.nodes` nodes.
+    fn planned(config: &LabConfig) -> LabRecord {
+        let names = Names::for_state_dir(&config.state_dir);
+        let nodes = (1..=config.nodes)
+            .map(|n| {
+                let name = format!("node-{n}");
+                NodeRecord {
+                    ip: config.underlay.node_ip(n),
+                    netns: names.netns(n),
+                    host_veth: names.host_veth(n),
+                    root_dir: config.state_dir.join("nodes").join(&name),
+                    name,
+                }
+            })
+            .collect();
+        LabRecord {
+            lab: names.lab.clone(),
+            bridge: names.bridge(),
+            underlay: config.underlay,
+            nodes,
+        }
+    }
+
+    fn load(config: &LabConfig) -> Result<Option<LabRecord>> {
+        let path = config.lab_record();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Record { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    fn save(&self, config: &LabConfig) -> Result<()> {
+        let path = config.lab_record();
+        let json = serde_json::to_vec_pretty(self).map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&path, json).map_err(io_err("write", &path))
+    }
+}
+
 /// What `up` did.
 #[derive(Debug, Clone)]
 pub struct UpReport {
     /// Everything was already running; nothing was started.
     pub already_running: bool,
     /// The processes started by this call.
-    pub started: Vec<&'static str>,
+    pub started: Vec<String>,
     /// The kubeconfig holding the `rkube` context.
     pub kubeconfig: PathBuf,
     /// The apiserver URL.
     pub server: String,
+    /// The lab registry's `host:port`.
+    pub registry: String,
+    /// The nodes, all Ready.
+    pub nodes: Vec<NodeRecord>,
 }
 
-/// Brings the control plane up (or finds it up), and merges the `rkube` context into
-/// the user's kubeconfig.
+/// [`up_with_progress`] without progress messages.
 ///
 /// # Errors
-/// When the PKI, a process or the kubeconfig cannot be set up, or a process does not
-/// become ready in time (the error carries the tail of its log).
+/// As [`up_with_progress`].
 pub async fn up(config: &LabConfig) -> Result<UpReport> {
+    up_with_progress(config, &mut |_| {}).await
+}
+
+/// Brings the lab up (or finds it up, or repairs what a crash left): the underlay, the
+/// control plane, the registry and the node agents; waits until every node is Ready and
+/// merges the `rkube` context into the user's kubeconfig. `progress` hears each step.
+///
+/// # Errors
+/// When the PKI, the network, a process or the kubeconfig cannot be set up, or a process
+/// or node does not become ready in time (the error carries the tail of its log).
+pub async fn up_with_progress(
+    config: &LabConfig,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<UpReport> {
     let apiserver_binary = config.bin_dir.join(APISERVER);
-    if !apiserver_binary.is_file() {
-        return Err(Error::MissingBinary {
-            path: apiserver_binary,
-        });
+    let agent_binary = config.bin_dir.join(AGENT);
+    let mut required = vec![apiserver_binary.clone()];
+    if config.nodes > 0 {
+        required.extend([
+            agent_binary.clone(),
+            config.registry_binary.clone(),
+            config.nsenter_binary.clone(),
+        ]);
+    }
+    if let Some(path) = required.into_iter().find(|path| !path.is_file()) {
+        return Err(Error::MissingBinary { path });
+    }
+    if config.nodes > 0 && !nix::unistd::Uid::effective().is_root() {
+        return Err(Error::NeedsRoot);
     }
     for dir in [
         config.state_dir.clone(),
@@ -213,11 +428,32 @@ pub async fn up(config: &LabConfig) -> Result<UpReport> {
     let marker = config.state_dir.join(MARKER);
     fs::write(&marker, "rkube lab state directory\n").map_err(io_err("write", &marker))?;
 
-    let pki = ClusterPki::load_or_generate(&config.pki_dir(), &[])?;
+    let net = IpCommand;
+    let (record, removed_nodes) = prepare_underlay(config, &net, progress).await?;
+
+    let hosts: Vec<String> = match &record {
+        Some(_) => vec![config.underlay.bridge_ip().to_string()],
+        None => Vec::new(),
+    };
+    let hosts_record = config.state_dir.join("pki-hosts");
+    if config.pki_dir().join(pki::CA_CERT).exists() {
+        // The serving certificate names only the hosts it was generated for.
+        let recorded = fs::read_to_string(&hosts_record).unwrap_or_default();
+        if let Some(host) = hosts.iter().find(|h| !recorded.lines().any(|l| l == *h)) {
+            return Err(Error::CertificateLacksHost {
+                host: host.clone(),
+                state_dir: config.state_dir.clone(),
+            });
+        }
+    }
+    let pki = ClusterPki::load_or_generate(&config.pki_dir(), &hosts)?;
+    if !hosts_record.exists() {
+        fs::write(&hosts_record, hosts.join("\n")).map_err(io_err("write", &hosts_record))?;
+    }
     let server = config.server_url();
     pki.write_kubeconfigs(&server)?;
-    let record = config.recorded_server();
-    fs::write(&record, &server).map_err(io_err("write", &record))?;
+    let record_path = config.recorded_server();
+    fs::write(&record_path, &server).map_err(io_err("write", &record_path))?;
     let http = http_client(pki.ca_pem())?;
     let mut started = Vec::new();
 
@@ -225,33 +461,109 @@ pub async fn up(config: &LabConfig) -> Result<UpReport> {
         Some(servers) => servers.clone(),
         None => {
             if running_pid(config, ETCD).is_none() {
+                progress("starting etcd");
                 let child = spawn(config, ETCD, &config.etcd_binary, etcd_args(config))?;
                 let health = format!("{}/health", config.etcd_url());
                 wait_ready(config, ETCD, child, &http, &health).await?;
-                started.push(ETCD);
+                started.push(ETCD.to_string());
             }
             vec![config.etcd_url()]
         }
     };
 
     if running_pid(config, APISERVER).is_none() {
-        let args = apiserver_args(config, &pki, &etcd_servers);
+        progress(&format!("starting {APISERVER} at {server}"));
+        let mut args = apiserver_args(config, &pki, &etcd_servers);
+        args.extend(["--bind-address".into(), config.host_ip().to_string().into()]);
         let child = spawn(config, APISERVER, &apiserver_binary, args)?;
         wait_ready(config, APISERVER, child, &http, &format!("{server}/readyz")).await?;
-        started.push(APISERVER);
+        started.push(APISERVER.to_string());
     }
 
+    let mut components = Vec::new();
     for (name, component) in COMPONENTS {
         if running_pid(config, name).is_none() {
+            progress(&format!("starting {name}"));
             let binary = config.bin_dir.join(name);
-            let args = vec![
+            let mut args = vec![
                 OsString::from("--kubeconfig"),
                 pki.kubeconfig_path(component).into_os_string(),
             ];
-            let child = spawn(config, name, &binary, args)?;
-            wait_started(config, name, child).await?;
-            started.push(name);
+            if component == Component::ControllerManager {
+                args.extend(["--cluster-cidr".into(), config.cluster_cidr.clone().into()]);
+            }
+            components.push((name, spawn(config, name, &binary, args)?));
+            started.push(name.to_string());
         }
+    }
+    wait_started(config, components).await?;
+
+    let registry = match running_pid(config, REGISTRY) {
+        Some(_) => fs::read_to_string(config.recorded_registry())
+            .map(|s| s.trim().to_string())
+            .map_err(io_err("read", &config.recorded_registry()))?,
+        None => {
+            let addr = start_registry(config).await?;
+            progress(&format!("started {REGISTRY} at {addr}"));
+            started.push(REGISTRY.to_string());
+            addr
+        }
+    };
+
+    for name in &removed_nodes {
+        delete_node(&http, &server, pki.admin_token(), name).await;
+    }
+
+    let nodes = record.map(|r| r.nodes).unwrap_or_default();
+    let mut agents = Vec::new();
+    for node in &nodes {
+        let process = node.process();
+        if running_pid_of(config, &process, AGENT).is_some() {
+            continue;
+        }
+        progress(&format!(
+            "starting the agent of {} ({}, netns {})",
+            node.name, node.ip, node.netns
+        ));
+        let mut args: Vec<OsString> = vec![
+            format!("--net={}", node.netns_path().display()).into(),
+            "--".into(),
+            agent_binary.clone().into_os_string(),
+            "--kubeconfig".into(),
+            pki.kubeconfig_path(Component::NodeAgent).into_os_string(),
+            "--node-name".into(),
+            node.name.clone().into(),
+            "--root-dir".into(),
+            node.root_dir.clone().into_os_string(),
+            "--node-ip".into(),
+            node.ip.to_string().into(),
+            "--insecure-registry".into(),
+            registry.clone().into(),
+        ];
+        if let Some(cpu) = &config.node_cpu {
+            args.extend(["--node-cpu".into(), cpu.into()]);
+        }
+        if let Some(memory) = &config.node_memory {
+            args.extend(["--node-memory".into(), memory.into()]);
+        }
+        if config.cluster_cidr != DEFAULT_CLUSTER_CIDR {
+            args.extend(["--cluster-cidr".into(), config.cluster_cidr.clone().into()]);
+        }
+        let child = spawn(config, &process, &config.nsenter_binary, args)?;
+        agents.push((process.clone(), child));
+        started.push(process);
+    }
+    if !nodes.is_empty() {
+        wait_nodes_ready(
+            config,
+            &http,
+            &server,
+            pki.admin_token(),
+            &nodes,
+            agents,
+            progress,
+        )
+        .await?;
     }
 
     let kubeconfig = match &config.kubeconfig {
@@ -265,36 +577,301 @@ pub async fn up(config: &LabConfig) -> Result<UpReport> {
         pki.ca_pem(),
         pki.token(Component::Admin),
     )?;
-    let record = config.recorded_kubeconfig();
-    fs::write(&record, kubeconfig.as_os_str().as_encoded_bytes())
-        .map_err(io_err("write", &record))?;
+    let record_path = config.recorded_kubeconfig();
+    fs::write(&record_path, kubeconfig.as_os_str().as_encoded_bytes())
+        .map_err(io_err("write", &record_path))?;
 
     Ok(UpReport {
         already_running: started.is_empty(),
         started,
         kubeconfig,
         server,
+        registry,
+        nodes,
     })
+}
+
+/// Makes the bridge and each node's namespace as `config` asks, recording them first;
+/// removes the nodes of an earlier `up` that are no longer wanted (returning their
+/// names). The record is `None` when the lab has no nodes (and never had).
+async fn prepare_underlay(
+    config: &LabConfig,
+    net: &dyn Net,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(Option<LabRecord>, Vec<String>)> {
+    let previous = LabRecord::load(config)?;
+    if let Some(previous) = &previous {
+        if previous.underlay != config.underlay {
+            return Err(Error::UnderlayMismatch {
+                state_dir: config.state_dir.clone(),
+                recorded: previous.underlay.to_string(),
+                wanted: config.underlay.to_string(),
+            });
+        }
+    }
+    if config.nodes == 0 && previous.is_none() {
+        return Ok((None, Vec::new()));
+    }
+    config.underlay.check_room(config.nodes)?;
+    let cluster = Cidr::parse(&config.cluster_cidr)?;
+    for (what, other) in [("cluster CIDR", cluster), ("Service CIDR", SERVICE_CIDR)] {
+        if config.underlay.overlaps(&other) {
+            return Err(Error::UnderlayOverlap {
+                underlay: config.underlay.to_string(),
+                what,
+                other: other.to_string(),
+            });
+        }
+    }
+    let planned = LabRecord::planned(config);
+    let mut removed = Vec::new();
+    if let Some(previous) = previous {
+        for node in previous.nodes.iter().filter(|n| !planned.nodes.contains(n)) {
+            progress(&format!("removing node {}", node.name));
+            remove_node(config, net, node).await?;
+            removed.push(node.name.clone());
+        }
+        if config.nodes == 0 {
+            // Back to a control plane on 127.0.0.1: the underlay goes too.
+            net.remove_bridge(&previous.bridge)?;
+            let path = config.lab_record();
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            return Ok((None, removed));
+        }
+    }
+    planned.save(config)?;
+    progress(&format!(
+        "underlay {} on bridge {} ({})",
+        planned.underlay,
+        planned.bridge,
+        planned.underlay.bridge_ip()
+    ));
+    net.ensure_bridge(&planned.bridge, &planned.underlay)?;
+    for node in &planned.nodes {
+        net.ensure_node(
+            &node.netns,
+            &node.host_veth,
+            &planned.bridge,
+            node.ip,
+            &planned.underlay,
+        )?;
+        fs::create_dir_all(&node.root_dir).map_err(io_err("create", &node.root_dir))?;
+    }
+    Ok((Some(planned), removed))
+}
+
+/// Starts `docker-registry` on a free port of the host address, with its storage under
+/// the state dir; returns its `host:port` once it accepts connections.
+async fn start_registry(config: &LabConfig) -> Result<String> {
+    let dir = config.state_dir.join("registry");
+    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let host = config.host_ip();
+    let port = std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(io_err("pick a port for", &dir))?
+        .port();
+    let addr = format!("{host}:{port}");
+    let registry_config = dir.join("config.yml");
+    fs::write(
+        &registry_config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.join("storage").display()
+        ),
+    )
+    .map_err(io_err("write", &registry_config))?;
+    let mut child = spawn(
+        config,
+        REGISTRY,
+        &config.registry_binary,
+        vec!["serve".into(), registry_config.into_os_string()],
+    )?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let _ = fs::remove_file(config.pid_file(REGISTRY));
+            let log = config.log_file(REGISTRY);
+            return Err(Error::Exited {
+                name: REGISTRY.to_string(),
+                status,
+                tail: log_tail(&log),
+                log,
+            });
+        }
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let log = config.log_file(REGISTRY);
+            return Err(Error::NotReady {
+                name: REGISTRY.to_string(),
+                timeout: READY_TIMEOUT,
+                tail: log_tail(&log),
+                log,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = config.recorded_registry();
+    fs::write(&record, &addr).map_err(io_err("write", &record))?;
+    Ok(addr)
+}
+
+/// Polls the Nodes until each of `nodes` is Ready, reporting each registration and
+/// readiness; fails early when an agent started by this `up` exits.
+async fn wait_nodes_ready(
+    config: &LabConfig,
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+    nodes: &[NodeRecord],
+    mut agents: Vec<(String, Child)>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut registered = Vec::new();
+    let mut ready = Vec::new();
+    loop {
+        for (process, child) in &mut agents {
+            if let Ok(Some(status)) = child.try_wait() {
+                let _ = fs::remove_file(config.pid_file(process));
+                let log = config.log_file(process);
+                return Err(Error::Exited {
+                    name: process.clone(),
+                    status,
+                    tail: log_tail(&log),
+                    log,
+                });
+            }
+        }
+        for (name, is_ready) in node_readiness(http, server, token).await {
+            if !nodes.iter().any(|n| n.name == name) {
+                continue;
+            }
+            if !registered.contains(&name) {
+                progress(&format!("node {name} registered"));
+                registered.push(name.clone());
+            }
+            if is_ready && !ready.contains(&name) {
+                progress(&format!("node {name} is Ready"));
+                ready.push(name);
+            }
+        }
+        if ready.len() == nodes.len() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let waiting: Vec<&str> = nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .filter(|n| !ready.iter().any(|r| r == n))
+                .collect();
+            return Err(Error::NodesNotReady {
+                timeout: READY_TIMEOUT,
+                waiting: format!(
+                    "{} (agent logs in {})",
+                    waiting.join(", "),
+                    config.state_dir.join("logs").display()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each Node's name and whether its Ready condition is True (empty when the apiserver
+/// cannot be asked).
+async fn node_readiness(http: &reqwest::Client, server: &str, token: &str) -> Vec<(String, bool)> {
+    let Ok(resp) = http
+        .get(format!("{server}/api/v1/nodes"))
+        .bearer_auth(token)
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(list) = resp.json::<serde_json::Value>().await else {
+        return Vec::new();
+    };
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|node| {
+            let name = node["metadata"]["name"].as_str()?.to_string();
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            Some((name, ready))
+        })
+        .collect()
+}
+
+/// Deletes the Node `name` (a node `up` removed); failures are only logged, the node
+/// controller handles a Node whose agent is gone anyway.
+async fn delete_node(http: &reqwest::Client, server: &str, token: &str, name: &str) {
+    let result = http
+        .delete(format!("{server}/api/v1/nodes/{name}"))
+        .bearer_auth(token)
+        .send()
+        .await;
+    match result {
+        Ok(resp)
+            if resp.status().is_success() || resp.status() == reqwest::StatusCode::NOT_FOUND =>
+        {
+            tracing::info!(node = name, "deleted the Node of a removed lab node");
+        }
+        Ok(resp) => tracing::warn!(node = name, status = %resp.status(), "cannot delete the Node"),
+        Err(err) => tracing::warn!(node = name, error = %err, "cannot delete the Node"),
+    }
+}
+
+/// Stops a node's agent, removes what its containers left and its namespace.
+async fn remove_node(config: &LabConfig, net: &dyn Net, node: &NodeRecord) -> Result<bool> {
+    let process = node.process();
+    let mut killed = false;
+    if let Some(pid) = running_pid_of(config, &process, AGENT) {
+        killed = stop(&process, pid).await?;
+    }
+    let netns = node.netns_path();
+    let cleanup = nodes::clean_agent_root(&node.root_dir, netns.exists().then_some(&*netns));
+    tracing::info!(
+        node = %node.name,
+        killed = cleanup.killed.len(),
+        unmounted = cleanup.unmounted.len(),
+        cgroups = cleanup.cgroups.len(),
+        "cleaned the node's leftovers"
+    );
+    net.remove_node(&node.netns, &node.host_veth)?;
+    let _ = fs::remove_file(config.pid_file(&process));
+    Ok(killed)
 }
 
 /// What `down` did.
 #[derive(Debug, Clone, Default)]
 pub struct DownReport {
     /// The processes stopped, with whether SIGKILL was needed.
-    pub stopped: Vec<(&'static str, bool)>,
+    pub stopped: Vec<(String, bool)>,
+    /// The nodes whose agent, containers and namespace were removed.
+    pub nodes: Vec<String>,
+    /// The underlay bridge, if it was removed.
+    pub bridge: Option<String>,
     /// The kubeconfig the `rkube` context was removed from, if it was there.
     pub kubeconfig: Option<PathBuf>,
     /// Whether the state directory existed and was removed.
     pub removed_state: bool,
 }
 
-/// Stops every lab process (SIGTERM, then SIGKILL after [`STOP_GRACE`]), removes the
-/// `rkube` context from the kubeconfig `up` wrote it to, and removes the state
-/// directory.
+/// Stops and removes everything `up` made: each node agent and what its containers left
+/// (processes, mounts, cgroups), the node namespaces (their links and nftables tables go
+/// with them), the bridge, the registry and the control plane (SIGTERM, then SIGKILL
+/// after [`STOP_GRACE`]); removes the `rkube` context from the kubeconfig `up` wrote it
+/// to, and the state directory.
 ///
 /// # Errors
-/// When a process cannot be signalled, the kubeconfig cannot be updated, or the state
-/// directory is not one `up` made.
+/// When a process cannot be signalled, the network or kubeconfig cannot be updated, the
+/// state directory is not one `up` made, or mounts are left under it.
 pub async fn down(config: &LabConfig) -> Result<DownReport> {
     let mut report = DownReport::default();
     if config.state_dir.exists() && !config.state_dir.join(MARKER).exists() {
@@ -302,10 +879,43 @@ pub async fn down(config: &LabConfig) -> Result<DownReport> {
             path: config.state_dir.clone(),
         });
     }
-    for name in PROCESSES.iter().rev() {
-        if let Some(pid) = running_pid(config, name) {
-            let killed = stop(name, pid).await?;
-            report.stopped.push((name, killed));
+    let net = IpCommand;
+    let record = LabRecord::load(config)?;
+    if let Some(record) = &record {
+        for node in &record.nodes {
+            let running = running_pid_of(config, &node.process(), AGENT).is_some();
+            let killed = remove_node(config, &net, node).await?;
+            if running {
+                report.stopped.push((node.process(), killed));
+            }
+            report.nodes.push(node.name.clone());
+        }
+    }
+    // The apiserver's clients and the registry at once, then the apiserver, then etcd.
+    for group in [
+        &[REGISTRY, CONTROLLER_MANAGER, SCHEDULER][..],
+        &[APISERVER],
+        &[ETCD],
+    ] {
+        let mut stopping = tokio::task::JoinSet::new();
+        for name in group {
+            if let Some(pid) = running_pid(config, name) {
+                stopping.spawn(async move { (*name, stop(name, pid).await) });
+            }
+        }
+        let mut stopped = Vec::new();
+        while let Some(joined) = stopping.join_next().await {
+            if let Ok((name, result)) = joined {
+                stopped.push((name.to_string(), result?));
+            }
+        }
+        stopped.sort();
+        report.stopped.extend(stopped);
+    }
+    if let Some(record) = &record {
+        if net.link_exists(&record.bridge) {
+            net.remove_bridge(&record.bridge)?;
+            report.bridge = Some(record.bridge.clone());
         }
     }
 
@@ -322,6 +932,19 @@ pub async fn down(config: &LabConfig) -> Result<DownReport> {
     }
 
     if config.state_dir.exists() {
+        // Removing a tree that still holds a mount would delete what is mounted there.
+        nodes::unmount_under(&config.state_dir);
+        let left = nodes::mounts_under(&config.state_dir);
+        if !left.is_empty() {
+            return Err(Error::MountsLeft {
+                path: config.state_dir.clone(),
+                mounts: left
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         fs::remove_dir_all(&config.state_dir).map_err(io_err("remove", &config.state_dir))?;
         report.removed_state = true;
     }
@@ -329,31 +952,59 @@ pub async fn down(config: &LabConfig) -> Result<DownReport> {
 }
 
 /// The state of one lab process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessStatus {
-    pub name: &'static str,
+    pub name: String,
     /// Its pid while it runs.
     pub pid: Option<i32>,
     pub log: PathBuf,
 }
 
-/// The lab's processes, and whether the apiserver answers `/readyz`.
-#[derive(Debug, Clone)]
+/// The state of one lab node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Its underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Its network namespace.
+    pub netns: String,
+    /// Whether the namespace exists.
+    pub netns_exists: bool,
+    /// The agent's pid while it runs.
+    pub agent_pid: Option<i32>,
+    /// Whether the Node is Ready (`None` when the apiserver cannot be asked or the Node
+    /// is not registered).
+    pub ready: Option<bool>,
+    pub root_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The lab's processes and nodes, and whether the apiserver answers `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
     pub processes: Vec<ProcessStatus>,
     pub apiserver_ready: bool,
     pub server: String,
+    /// The underlay bridge and CIDR, when the lab has nodes.
+    pub bridge: Option<String>,
+    pub underlay: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+    /// The registry's `host:port`.
+    pub registry: Option<String>,
+    /// The kubeconfig holding the `rkube` context.
+    pub kubeconfig: Option<PathBuf>,
 }
 
-/// Reports which lab processes run and whether the apiserver is ready.
+/// Reports which lab processes run, each node's namespace, agent and readiness, and
+/// whether the apiserver is ready.
 ///
 /// # Errors
-/// When an HTTP client cannot be built from the cluster CA.
+/// When an HTTP client cannot be built from the cluster CA, or `lab.json` is corrupt.
 pub async fn status(config: &LabConfig) -> Result<StatusReport> {
     let processes = PROCESSES
         .iter()
         .map(|name| ProcessStatus {
-            name,
+            name: name.to_string(),
             pid: running_pid(config, name).map(Pid::as_raw),
             log: config.log_file(name),
         })
@@ -361,17 +1012,55 @@ pub async fn status(config: &LabConfig) -> Result<StatusReport> {
     let server = fs::read_to_string(config.recorded_server())
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| config.server_url());
+    let mut readiness = None;
     let apiserver_ready = match ClusterPki::load(&config.pki_dir()) {
         Ok(pki) => {
             let http = http_client(pki.ca_pem())?;
-            ready(&http, &format!("{server}/readyz")).await
+            let ready = ready(&http, &format!("{server}/readyz")).await;
+            if ready {
+                readiness = Some(node_readiness(&http, &server, pki.admin_token()).await);
+            }
+            ready
         }
         Err(_) => false,
+    };
+    let record = LabRecord::load(config)?;
+    let nodes = record
+        .as_ref()
+        .map(|r| r.nodes.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|node| NodeStatus {
+            name: node.name.clone(),
+            underlay_ip: node.ip,
+            netns: node.netns.clone(),
+            netns_exists: node.netns_path().exists(),
+            agent_pid: running_pid_of(config, &node.process(), AGENT).map(Pid::as_raw),
+            ready: readiness.as_ref().and_then(|nodes| {
+                nodes
+                    .iter()
+                    .find(|(name, _)| *name == node.name)
+                    .map(|(_, ready)| *ready)
+            }),
+            root_dir: node.root_dir.clone(),
+            log: config.log_file(&node.process()),
+        })
+        .collect();
+    let read_trimmed = |path: PathBuf| {
+        fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     };
     Ok(StatusReport {
         processes,
         apiserver_ready,
         server,
+        bridge: record.as_ref().map(|r| r.bridge.clone()),
+        underlay: record.as_ref().map(|r| r.underlay.to_string()),
+        nodes,
+        registry: read_trimmed(config.recorded_registry()),
+        kubeconfig: read_trimmed(config.recorded_kubeconfig()).map(PathBuf::from),
     })
 }
 
@@ -414,17 +1103,16 @@ fn apiserver_args(config: &LabConfig, pki: &ClusterPki, etcd_servers: &[String])
         pki.ca_cert_path().into_os_string(),
         "--token-auth-file".into(),
         pki.token_file_path().into_os_string(),
+        "--kubelet-client-certificate".into(),
+        pki.kubelet_client_cert_path().into_os_string(),
+        "--kubelet-client-key".into(),
+        pki.kubelet_client_key_path().into_os_string(),
     ]
 }
 
 /// Starts `binary` detached: its own process group (a Ctrl-C of `rkube up` does not
 /// reach it), stdin closed, output appended to its log, pid in its pid file.
-fn spawn(
-    config: &LabConfig,
-    name: &'static str,
-    binary: &Path,
-    args: Vec<OsString>,
-) -> Result<Child> {
+fn spawn(config: &LabConfig, name: &str, binary: &Path, args: Vec<OsString>) -> Result<Child> {
     let log_path = config.log_file(name);
     let log = fs::OpenOptions::new()
         .create(true)
@@ -437,10 +1125,13 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
+        .env("NO_COLOR", "1")
+        // Error chains in the logs without a backtrace each (panics keep theirs).
+        .env("RUST_LIB_BACKTRACE", "0")
         .process_group(0)
         .spawn()
         .map_err(|source| Error::Spawn {
-            name,
+            name: name.to_string(),
             binary: binary.to_path_buf(),
             source,
         })?;
@@ -452,7 +1143,7 @@ fn spawn(
 /// Polls `url` until it answers 200, failing early if the child exits.
 async fn wait_ready(
     config: &LabConfig,
-    name: &'static str,
+    name: &str,
     mut child: Child,
     http: &reqwest::Client,
     url: &str,
@@ -463,7 +1154,7 @@ async fn wait_ready(
             let _ = fs::remove_file(config.pid_file(name));
             let log = config.log_file(name);
             return Err(Error::Exited {
-                name,
+                name: name.to_string(),
                 status,
                 tail: log_tail(&log),
                 log,
@@ -475,29 +1166,34 @@ async fn wait_ready(
         if Instant::now() >= deadline {
             let log = config.log_file(name);
             return Err(Error::NotReady {
-                name,
+                name: name.to_string(),
                 timeout: READY_TIMEOUT,
                 tail: log_tail(&log),
                 log,
             });
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// For components without a health endpoint: fails if the child exits within its first
+/// For components without a health endpoint: fails if a child exits within its first
 /// second (bad flags, no credentials), with the tail of its log.
-async fn wait_started(config: &LabConfig, name: &'static str, mut child: Child) -> Result<()> {
+async fn wait_started(config: &LabConfig, children: Vec<(&str, Child)>) -> Result<()> {
+    if children.is_empty() {
+        return Ok(());
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    if let Ok(Some(status)) = child.try_wait() {
-        let _ = fs::remove_file(config.pid_file(name));
-        let log = config.log_file(name);
-        return Err(Error::Exited {
-            name,
-            status,
-            tail: log_tail(&log),
-            log,
-        });
+    for (name, mut child) in children {
+        if let Ok(Some(status)) = child.try_wait() {
+            let _ = fs::remove_file(config.pid_file(name));
+            let log = config.log_file(name);
+            return Err(Error::Exited {
+                name: name.to_string(),
+                status,
+                tail: log_tail(&log),
+                log,
+            });
+        }
     }
     Ok(())
 }
@@ -533,9 +1229,14 @@ fn log_tail(path: &Path) -> String {
 /// The pid of `name` from its pid file, if that process still runs and is `name`
 /// (a reused pid of some other program does not count).
 fn running_pid(config: &LabConfig, name: &str) -> Option<Pid> {
+    running_pid_of(config, name, name)
+}
+
+/// The pid in the pid file `name` if that process still runs `program`.
+fn running_pid_of(config: &LabConfig, name: &str, program: &str) -> Option<Pid> {
     let text = fs::read_to_string(config.pid_file(name)).ok()?;
     let pid = Pid::from_raw(text.trim().parse().ok()?);
-    (alive(pid) && is_program(pid, name)).then_some(pid)
+    (alive(pid) && is_program(pid, program)).then_some(pid)
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -566,11 +1267,11 @@ fn is_program(pid: Pid, name: &str) -> bool {
 }
 
 /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL. Returns whether SIGKILL was needed.
-async fn stop(name: &'static str, pid: Pid) -> Result<bool> {
+async fn stop(name: &str, pid: Pid) -> Result<bool> {
     let signal = |sig| match kill(pid, sig) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
         Err(source) => Err(Error::Signal {
-            name,
+            name: name.to_string(),
             pid: pid.as_raw(),
             source,
         }),
@@ -584,7 +1285,7 @@ async fn stop(name: &'static str, pid: Pid) -> Result<bool> {
         Ok(true)
     } else {
         Err(Error::Unkillable {
-            name,
+            name: name.to_string(),
             pid: pid.as_raw(),
         })
     }
@@ -697,6 +1398,62 @@ mod tests {
         assert_eq!(report.kubeconfig.as_deref(), Some(kubeconfig.as_path()));
         let text = fs::read_to_string(&kubeconfig).expect("read");
         assert!(text.contains("other") && !text.contains("https://h:2"));
+    }
+
+    #[tokio::test]
+    async fn the_underlay_is_recorded_grown_shrunk_and_kept_consistent() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config(dir.path());
+        fs::create_dir_all(&config.state_dir).expect("mkdir");
+        config.nodes = 2;
+        config.underlay = Cidr::parse("10.55.1.0/24").expect("cidr");
+        let net = underlay::RecordingNet::default();
+        let mut steps = Vec::new();
+        let (record, removed) = prepare_underlay(&config, &net, &mut |s| steps.push(s.to_string()))
+            .await
+            .expect("prepare");
+        let record = record.expect("a lab with nodes has a record");
+        assert!(removed.is_empty());
+        assert_eq!(
+            LabRecord::load(&config).expect("load"),
+            Some(record.clone())
+        );
+        assert_eq!(record.nodes.len(), 2);
+        assert_eq!(record.nodes[1].name, "node-2");
+        assert_eq!(record.nodes[1].ip, Ipv4Addr::new(10, 55, 1, 3));
+        assert!(record.nodes[0].root_dir.is_dir());
+        let lab = &record.lab;
+        assert_eq!(
+            net.calls(),
+            [
+                format!("bridge {lab} 10.55.1.1"),
+                format!("node {lab}-node1 {lab}.1 {lab} 10.55.1.2"),
+                format!("node {lab}-node2 {lab}.2 {lab} 10.55.1.3"),
+            ]
+        );
+        assert_eq!(
+            config.server_url(),
+            format!("https://10.55.1.1:{}", config.secure_port)
+        );
+
+        // Fewer nodes: the extra one goes, the others stay as they are.
+        config.nodes = 1;
+        let (record, removed) = prepare_underlay(&config, &net, &mut |_| {})
+            .await
+            .expect("shrink");
+        assert_eq!(removed, ["node-2"]);
+        assert_eq!(record.expect("record").nodes.len(), 1);
+        assert!(net
+            .calls()
+            .contains(&format!("remove-node {lab}-node2 {lab}.2")));
+        assert!(!net.netns_exists(&format!("{lab}-node2")));
+
+        // Another underlay on the same state is refused until `down`.
+        config.underlay = Cidr::parse("10.55.2.0/24").expect("cidr");
+        assert!(matches!(
+            prepare_underlay(&config, &net, &mut |_| {}).await,
+            Err(Error::UnderlayMismatch { .. })
+        ));
     }
 
     #[tokio::test]
