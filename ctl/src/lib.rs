@@ -5,6 +5,9 @@
 //! directory) and [`kubeconfig`] (merging the cluster's context into the user's
 //! kubeconfig).
 
+pub mod image;
 pub mod kubeconfig;
 pub mod lab;
+pub mod netcheck;
 pub mod pki;
+pub mod rkubectl;
