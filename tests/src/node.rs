@@ -176,7 +176,7 @@ pub fn tar_header() -> tar::Header {
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "id", "env", "true", "false", "test", "grep", "mkdir",
     "rm", "touch", "hostname", "httpd", "nc", "wget", "ip", "ping", "nslookup", "dd", "head",
-    "printf", "date", "ps", "kill", "wc", "tr", "seq", "yes",
+    "printf", "date", "ps", "kill", "wc", "tr", "seq", "yes", "unshare", "tty", "stty",
 ];
 
 /// A one-layer image: `/bin/busybox` and links to it for each of [`APPLETS`].
@@ -207,6 +207,12 @@ pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
 
 /// Builds the busybox image and pushes it as `<registry>/rkube-test/busybox:1`.
 pub async fn push_busybox(registry: &Registry) -> anyhow::Result<String> {
+    push_busybox_to(&registry.addr).await
+}
+
+/// Builds the busybox image and pushes it to the plain-HTTP registry at `addr`
+/// (`host:port`, e.g. a lab's) as `<addr>/rkube-test/busybox:1`.
+pub async fn push_busybox_to(addr: &str) -> anyhow::Result<String> {
     let layer = busybox_layer()?;
     let config = serde_json::json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
@@ -214,10 +220,10 @@ pub async fn push_busybox(registry: &Registry) -> anyhow::Result<String> {
         "config": { "Env": ["PATH=/bin"], "Cmd": ["sh"] },
         "rootfs": { "type": "layers", "diff_ids": [sha256(&layer)] },
     });
-    let image = format!("{}/rkube-test/busybox:1", registry.addr);
+    let image = format!("{addr}/rkube-test/busybox:1");
     let reference: oci_client::Reference = image.parse().context("image reference")?;
     let client = oci_client::Client::new(OciConfig {
-        protocol: ClientProtocol::HttpsExcept(vec![registry.addr.clone()]),
+        protocol: ClientProtocol::HttpsExcept(vec![addr.to_string()]),
         ..Default::default()
     });
     let layers = [ImageLayer::new(
@@ -262,6 +268,17 @@ impl Agent {
         node: &str,
         registry: &str,
     ) -> anyhow::Result<Agent> {
+        Agent::start_configured(root, api, node, registry, |_| {})
+    }
+
+    /// An agent on `root` whose test configuration `configure` adjusts first.
+    pub fn start_configured(
+        root: tempfile::TempDir,
+        api: &TestApiserver,
+        node: &str,
+        registry: &str,
+        configure: impl FnOnce(&mut rkube_nodeagent::Config),
+    ) -> anyhow::Result<Agent> {
         let mut config = rkube_nodeagent::Config::new(
             api.client_config(Component::NodeAgent),
             node,
@@ -273,6 +290,9 @@ impl Agent {
         config.node_ip = Some("127.0.0.1".parse()?);
         config.insecure_registries = vec![registry.to_string()];
         config.shim_binary = Some(std::env::current_exe().context("this test binary")?);
+        // The NodeAgent service (logs, exec, stats) on a free loopback port.
+        config.listen_address = Some("127.0.0.1:0".parse()?);
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(rkube_nodeagent::run(config, shutdown.clone()));
         Ok(Agent {
