@@ -291,12 +291,16 @@ impl LocalRuntime {
 
     async fn wait_for_exit(&self, paths: &ContainerPaths) -> Result<Option<Exited>, state::Error> {
         let deadline = Instant::now() + EXIT_WAIT;
+        // The helper records the exit and then ends, so its end is the moment to look.
+        if let Some(shim) = state::read_pid(&paths.shim_pid())? {
+            wait_gone(shim, EXIT_WAIT).await;
+        }
         loop {
             let exited = state::read_json::<Exited>(&paths.exited())?;
             if exited.is_some() || Instant::now() >= deadline {
                 return Ok(exited);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -343,6 +347,45 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// Waits until process `pid` is gone, at most `timeout`; returns whether it is. A pidfd
+/// turns readable when its process exits, so this wakes at once instead of polling.
+async fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pidfd = match pidfd_open(pid) {
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => return true,
+        Err(_) => return poll_gone(pid, deadline).await,
+    };
+    match readable_pidfd(pidfd) {
+        Some(fd) => tokio::time::timeout_at(deadline, fd.readable())
+            .await
+            .is_ok_and(|ready| ready.is_ok()),
+        None => poll_gone(pid, deadline).await,
+    }
+}
+
+/// `pidfd` registered with tokio for readability (its process's exit).
+#[allow(unsafe_code)]
+fn readable_pidfd(pidfd: OwnedFd) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is an open descriptor that the AsyncFd owns from here on, and its
+    // as_raw_fd always returns that same descriptor.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .ok()
+}
+
+/// [`wait_gone`] without a pidfd: looks every few milliseconds.
+async fn poll_gone(pid: i32, deadline: tokio::time::Instant) -> bool {
+    while alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 /// A pidfd for `pid`; `None` when there is no such process.
@@ -746,10 +789,7 @@ impl ContainerRuntime for LocalRuntime {
         if let Some(shim) =
             state::read_pid(&paths.shim_pid()).map_err(failed("remove container", &id.0))?
         {
-            let deadline = Instant::now() + EXIT_WAIT;
-            while alive(shim) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_gone(shim, EXIT_WAIT).await;
         }
         let root = self.libcontainer_root();
         if root.join(&id.0).exists() {
