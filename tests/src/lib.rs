@@ -6,7 +6,12 @@
 //! Both clean up on drop: etcd is killed and its data removed; the apiserver is shut
 //! down through its cancellation token.
 
+pub mod bench_network_path;
+pub mod fake_agent;
+pub mod lab;
+pub mod netlab;
 pub mod node;
+pub mod terminal;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
@@ -184,6 +189,8 @@ impl TestApiserver {
         config.token_auth_file = Some(pki.token_file_path());
         config.insecure_plain_http = false;
         config.insecure_allow_anonymous = false;
+        config.kubelet_client_certificate = Some(pki.kubelet_client_cert_path());
+        config.kubelet_client_key = Some(pki.kubelet_client_key_path());
         configure(&mut config);
 
         let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))

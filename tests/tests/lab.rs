@@ -1,0 +1,250 @@
+//! `rkube up --nodes 2` end to end with the real binaries from `target/debug` (root):
+//! both nodes Ready with the capacity given, `rkube status -o json` matching what
+//! exists, a busybox pod (pushed to the lab's registry) Running on each node through the
+//! scheduler, and `rkube down` leaving nothing behind: no processes, namespaces, links,
+//! mounts, cgroups, state or kubeconfig context. A guard tears the lab down even when an
+//! assertion fails. Names, ports and the underlay CIDR are unique to the test's pid.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rkube_tests::eventually;
+use rkube_tests::lab::{busybox_pod, require_binaries, test_underlay, Lab, LabPorts};
+use rkube_tests::node::{cgroup_dirs, entries, push_busybox_to};
+use serde_json::Value;
+
+const NODES: usize = 2;
+
+fn pid_alive(pid: i64) -> bool {
+    // A zombie has no cmdline left to read: only live processes count.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+fn pid_in(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: the lab's namespaces and containers need root");
+        return;
+    }
+    require_binaries();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let lab = Lab::new();
+    let underlay = test_underlay(0);
+    let ports = LabPorts::free();
+    let (etcd, peer, secure) = (ports.etcd, ports.peer, ports.secure);
+    let up = lab.rkube(&[
+        "up",
+        "--nodes",
+        &NODES.to_string(),
+        "--node-cpu",
+        "2",
+        "--node-memory",
+        "3Gi",
+        "--underlay-cidr",
+        &underlay,
+        "--etcd-client-port",
+        &etcd.to_string(),
+        "--etcd-peer-port",
+        &peer.to_string(),
+        "--secure-port",
+        &secure.to_string(),
+    ]);
+    assert!(up.status.success(), "rkube up failed");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(stdout.contains("node-1 is Ready") && stdout.contains("node-2 is Ready"));
+
+    // Every node Ready, with the capacity it was given.
+    let nodes = lab
+        .kubectl_json(&["get", "nodes", "-o", "json"])
+        .expect("kubectl get nodes");
+    let items = nodes["items"].as_array().expect("items");
+    assert_eq!(items.len(), NODES);
+    for node in items {
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "{} Ready", node["metadata"]["name"]);
+        assert_eq!(node["status"]["capacity"]["cpu"], "2");
+        assert_eq!(node["status"]["capacity"]["memory"], "3145728Ki");
+    }
+
+    // `status -o json` matches what exists.
+    let status = lab.rkube(&["status", "-o", "json"]);
+    assert!(status.status.success());
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["apiserver_ready"], true);
+    assert_eq!(
+        status["kubeconfig"].as_str(),
+        Some(lab.kubeconfig().to_str().expect("utf-8"))
+    );
+    let registry = status["registry"].as_str().expect("registry").to_string();
+    let bridge = status["bridge"].as_str().expect("bridge").to_string();
+    assert!(Path::new("/sys/class/net").join(&bridge).exists());
+    let bridge_ip = underlay.replace(".0/24", ".1");
+    assert!(registry.starts_with(&format!("{bridge_ip}:")), "{registry}");
+    let status_nodes = status["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(status_nodes.len(), NODES);
+    let mut netns = Vec::new();
+    let mut pids: Vec<i64> = Vec::new();
+    let mut roots = Vec::new();
+    for (i, node) in status_nodes.iter().enumerate() {
+        assert_eq!(node["name"], format!("node-{}", i + 1));
+        assert_eq!(
+            node["underlay_ip"],
+            underlay.replace(".0/24", &format!(".{}", i + 2))
+        );
+        assert_eq!(node["ready"], true);
+        let ns = node["netns"].as_str().expect("netns").to_string();
+        assert!(Path::new("/run/netns").join(&ns).exists(), "netns {ns}");
+        let agent = node["agent_pid"].as_i64().expect("agent pid");
+        assert!(pid_alive(agent), "agent {agent} alive");
+        // The agent really runs inside its node's namespace.
+        let agent_ns = std::fs::metadata(format!("/proc/{agent}/ns/net")).expect("ns");
+        let node_ns = std::fs::metadata(Path::new("/run/netns").join(&ns)).expect("ns");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(agent_ns.ino(), node_ns.ino(), "agent in {ns}");
+        netns.push(ns);
+        pids.push(agent);
+        roots.push(PathBuf::from(node["root_dir"].as_str().expect("root")));
+    }
+    // The nodes reach each other over the underlay (what the VXLAN overlay rides on).
+    let node2_ip = status_nodes[1]["underlay_ip"].as_str().expect("ip");
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns[0],
+            "/bin/busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+        ])
+        .arg(node2_ip)
+        .output()
+        .expect("run ping");
+    assert!(
+        ping.status.success(),
+        "node-1 pings node-2 at {node2_ip}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    for process in status["processes"].as_array().expect("processes") {
+        let pid = process["pid"].as_i64();
+        assert!(pid.is_some_and(pid_alive), "{process} runs");
+        pids.extend(pid);
+    }
+
+    // A busybox pod from the lab registry on each node, placed by the scheduler.
+    let image = push_busybox_to(&registry).await.expect("push busybox");
+    for n in 1..=NODES {
+        lab.apply(&busybox_pod(
+            &format!("busy-{n}"),
+            &format!("node-{n}"),
+            &image,
+            &["sleep", "3600"],
+            serde_json::json!({}),
+        ));
+    }
+    for n in 1..=NODES {
+        let pod = eventually(
+            &format!("busy-{n} Running"),
+            Duration::from_secs(90),
+            || {
+                let pod = lab.kubectl_json(&["get", "pod", &format!("busy-{n}"), "-o", "json"]);
+                async move { pod.filter(|p| p["status"]["phase"] == "Running") }
+            },
+        )
+        .await;
+        let node_name = format!("node-{n}");
+        assert_eq!(pod["spec"]["nodeName"], node_name);
+        // With the pod network (its agents publish their VTEP), a pod gets an address
+        // from its node's podCIDR; without it, pods have loopback only.
+        let node = lab
+            .kubectl_json(&["get", "node", &node_name, "-o", "json"])
+            .expect("get node");
+        if node["metadata"]["annotations"]["rkube.io/vtep-mac"].is_string() {
+            let cidr = node["spec"]["podCIDR"].as_str().expect("podCIDR");
+            let ip = pod["status"]["podIP"].as_str().expect("pod IP");
+            let prefix = cidr.rsplit_once('.').expect("IPv4 /24").0;
+            assert!(ip.starts_with(&format!("{prefix}.")), "{ip} in {cidr}");
+        }
+    }
+
+    // What the containers made, to check that `down` removes it.
+    let mut containers = Vec::new();
+    for root in &roots {
+        for id in entries(&root.join("containers")) {
+            let dir = root.join("containers").join(&id);
+            pids.extend(pid_in(&dir.join("container.pid")));
+            pids.extend(pid_in(&dir.join("shim.pid")));
+            containers.push(id);
+        }
+        for id in entries(&root.join("sandboxes")) {
+            pids.extend(pid_in(&root.join("sandboxes").join(id).join("pause.pid")));
+        }
+    }
+    assert!(containers.len() >= NODES, "containers: {containers:?}");
+    let state = lab.state_dir().canonicalize().expect("state dir");
+    assert!(
+        !mounts_under(&state).is_empty(),
+        "the running containers have rootfs mounts under the state dir"
+    );
+    assert!(
+        containers
+            .iter()
+            .any(|id| cgroup_dirs(id).iter().any(|d| d.exists())),
+        "the running containers have cgroups"
+    );
+
+    let down = lab.rkube(&["down"]);
+    assert!(down.status.success(), "rkube down failed");
+
+    let alive: Vec<i64> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+    assert!(alive.is_empty(), "processes left: {alive:?}");
+    for ns in &netns {
+        assert!(
+            !Path::new("/run/netns").join(ns).exists(),
+            "netns {ns} left"
+        );
+    }
+    let links: Vec<String> = entries(Path::new("/sys/class/net"))
+        .into_iter()
+        .filter(|l| l.starts_with(&bridge))
+        .collect();
+    assert!(links.is_empty(), "links left: {links:?}");
+    let mounts = mounts_under(&state);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    for id in &containers {
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "cgroup {} left", dir.display());
+        }
+    }
+    assert!(!lab.state_dir().exists(), "state dir left");
+    let contexts = lab.kubectl(&["config", "get-contexts", "-o", "name"]);
+    assert!(contexts.status.success(), "kubectl config get-contexts");
+    let contexts = String::from_utf8_lossy(&contexts.stdout);
+    assert!(
+        contexts.lines().all(|c| c.trim() != "rkube"),
+        "the rkube context is gone: {contexts}"
+    );
+}
