@@ -603,13 +603,17 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                         "Error: ImagePullBackOff".into(),
                     );
                 }
+                // kubelet (1.32) keeps the pull error: `Back-off pulling image "x":
+                // ErrImagePull: <the registry's message>`.
                 let last = tracked.obs.waiting.as_ref().and_then(|w| w.message.clone());
                 tracked.obs.waiting = Some(Waiting {
                     reason: "ImagePullBackOff".into(),
-                    message: Some(match last {
-                        Some(m) if m.starts_with("Back-off") => m,
-                        Some(m) => format!("Back-off pulling image {image:?}: {m}"),
-                        None => format!("Back-off pulling image {image:?}"),
+                    message: Some(match (waiting_reason.as_deref(), last) {
+                        (_, Some(m)) if m.starts_with("Back-off") => m,
+                        (Some(reason), Some(m)) => {
+                            format!("Back-off pulling image {image:?}: {reason}: {m}")
+                        }
+                        _ => format!("Back-off pulling image {image:?}"),
                     }),
                 });
                 return;
@@ -1293,6 +1297,8 @@ enum Plan {
     Files {
         dir: PathBuf,
         files: Vec<FileContent>,
+        /// On a tmpfs, as kubelet keeps secret and downwardAPI volumes off the disk.
+        memory: bool,
     },
 }
 
@@ -1305,7 +1311,15 @@ impl Plan {
                 size_limit,
             } => volume::set_up_empty_dir(&dir, memory, size_limit),
             Plan::HostPath { path, typ } => volume::check_host_path(&path, &typ),
-            Plan::Files { dir, files } => volume::write_atomically(&dir, &files).map(|_| ()),
+            Plan::Files { dir, files, memory } => {
+                if memory {
+                    // Only root mounts; a non-root agent (unit tests) keeps a plain
+                    // directory.
+                    let root = nix::unistd::Uid::effective().is_root();
+                    volume::set_up_empty_dir(&dir, root, None)?;
+                }
+                volume::write_atomically(&dir, &files).map(|_| ())
+            }
         }
     }
 }
@@ -1329,7 +1343,11 @@ async fn volume_plan<A: PodApi>(
     let namespace = context.namespace;
     if let Some(source) = &vol.downward_api {
         let files = downward_api_files(context, source)?;
-        return Ok(Plan::Files { dir, files });
+        return Ok(Plan::Files {
+            dir,
+            files,
+            memory: true,
+        });
     }
     if let Some(empty) = &vol.empty_dir {
         let size_limit = empty.size_limit.as_ref().and_then(|q| {
@@ -1378,7 +1396,11 @@ async fn volume_plan<A: PodApi>(
             source.default_mode,
             optional,
         )?;
-        return Ok(Plan::Files { dir, files });
+        return Ok(Plan::Files {
+            dir,
+            files,
+            memory: false,
+        });
     }
     if let Some(source) = &vol.secret {
         let optional = source.optional.unwrap_or(false);
@@ -1404,7 +1426,11 @@ async fn volume_plan<A: PodApi>(
             source.default_mode,
             optional,
         )?;
-        return Ok(Plan::Files { dir, files });
+        return Ok(Plan::Files {
+            dir,
+            files,
+            memory: true,
+        });
     }
     Err(format!(
         "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported by this node agent yet",
@@ -2077,11 +2103,11 @@ mod tests {
         PodWorker<FakeRuntime, RecordingApi>,
         Arc<FakeRuntime>,
         Arc<RecordingApi>,
-        tempfile::TempDir,
+        PodsDir,
     ) {
         let runtime = Arc::new(FakeRuntime::new());
         let api = Arc::new(RecordingApi::default());
-        let pods = tempfile::tempdir().expect("pods dir");
+        let pods = PodsDir(tempfile::tempdir().expect("pods dir"));
         let worker = PodWorker::new(
             runtime.clone(),
             api.clone(),
@@ -2092,6 +2118,31 @@ mod tests {
             &pod.0,
         );
         (worker, runtime, api, pods)
+    }
+
+    /// The workers' pods directory; on drop it unmounts the tmpfs volumes (secret,
+    /// downwardAPI) a test run as root left, before the directory goes.
+    struct PodsDir(tempfile::TempDir);
+
+    impl PodsDir {
+        fn path(&self) -> &std::path::Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for PodsDir {
+        fn drop(&mut self) {
+            for pod in std::fs::read_dir(self.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let volumes = pod.path().join("volumes");
+                for vol in std::fs::read_dir(&volumes).into_iter().flatten().flatten() {
+                    let _ = nix::mount::umount2(&vol.path(), nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
     }
 
     fn image() -> String {
@@ -2347,7 +2398,11 @@ mod tests {
             .and_then(|s| s.waiting.as_ref())
             .and_then(|w| w.message.clone())
             .unwrap_or_default();
-        assert!(message.contains("manifest unknown"), "{message}");
+        assert_eq!(
+            message,
+            "Back-off pulling image \"reg.local/busybox:1\": ErrImagePull: \
+             failed to pull image \"reg.local/busybox:1\": manifest unknown"
+        );
         let pulls = runtime
             .calls()
             .iter()
@@ -2784,6 +2839,19 @@ mod tests {
         let token = volumes.join("creds/token");
         assert_eq!(std::fs::read_to_string(&token).expect("token"), "s3cret");
         assert_eq!(mode_of(&token), 0o400);
+        if nix::unistd::Uid::effective().is_root() {
+            // As kubelet: secrets on a tmpfs, configMaps on the disk.
+            let fs_type = |p: &std::path::Path| {
+                nix::sys::statfs::statfs(p)
+                    .expect("statfs")
+                    .filesystem_type()
+            };
+            assert_eq!(
+                fs_type(&volumes.join("creds")),
+                nix::sys::statfs::TMPFS_MAGIC
+            );
+            assert_ne!(fs_type(&volumes.join("cfg")), nix::sys::statfs::TMPFS_MAGIC);
+        }
         assert!(host_dir.is_dir(), "DirectoryOrCreate made it");
         assert!(volumes.join("scratch/logs").is_dir(), "subPath made");
 
@@ -2926,12 +2994,12 @@ mod tests {
         PodWorker<FakeRuntime, RecordingApi>,
         Arc<FakeRuntime>,
         Arc<RecordingApi>,
-        tempfile::TempDir,
+        PodsDir,
         Captured,
     ) {
         let runtime = Arc::new(FakeRuntime::new());
         let api = Arc::new(RecordingApi::default());
-        let pods = tempfile::tempdir().expect("pods dir");
+        let pods = PodsDir(tempfile::tempdir().expect("pods dir"));
         let (events, captured) =
             EventRecorder::capturing(k8s_openapi::api::core::v1::EventSource {
                 component: Some("rkube-nodeagent".into()),

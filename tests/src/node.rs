@@ -378,26 +378,32 @@ pub fn kill_pid_file(path: &Path) {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let root = self.root.path();
-        for id in self.containers() {
-            let dir = root.join("containers").join(&id);
-            kill_pid_file(&dir.join("container.pid"));
-            kill_pid_file(&dir.join("shim.pid"));
-            std::thread::sleep(Duration::from_millis(100));
-            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-            for cgroup in cgroup_dirs(&id) {
-                let _ = std::fs::remove_dir(cgroup);
-            }
+        clean_up_agent_state(self.root.path());
+    }
+}
+
+/// Removes whatever the containers of an agent with state directory `root` left: kills
+/// their processes, shims and pause processes, unmounts their root filesystems and
+/// memory-backed volumes and removes their cgroups. For a stopped (or killed) agent.
+pub fn clean_up_agent_state(root: &Path) {
+    for id in entries(&root.join("containers")) {
+        let dir = root.join("containers").join(&id);
+        kill_pid_file(&dir.join("container.pid"));
+        kill_pid_file(&dir.join("shim.pid"));
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        for cgroup in cgroup_dirs(&id) {
+            let _ = std::fs::remove_dir(cgroup);
         }
-        for id in entries(&root.join("sandboxes")) {
-            kill_pid_file(&root.join("sandboxes").join(id).join("pause.pid"));
-        }
-        // Memory-backed emptyDirs are tmpfs mounts under the pods' volume directories.
-        for uid in entries(&root.join("pods")) {
-            let volumes = root.join("pods").join(uid).join("volumes");
-            for name in entries(&volumes) {
-                let _ = nix::mount::umount2(&volumes.join(name), nix::mount::MntFlags::MNT_DETACH);
-            }
+    }
+    for id in entries(&root.join("sandboxes")) {
+        kill_pid_file(&root.join("sandboxes").join(id).join("pause.pid"));
+    }
+    // Memory-backed emptyDirs are tmpfs mounts under the pods' volume directories.
+    for uid in entries(&root.join("pods")) {
+        let volumes = root.join("pods").join(uid).join("volumes");
+        for name in entries(&volumes) {
+            let _ = nix::mount::umount2(&volumes.join(name), nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

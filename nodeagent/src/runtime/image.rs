@@ -317,7 +317,11 @@ fn pull_error(image: &str, err: &Error) -> super::Error {
     let mut message = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
-        message = format!("{message}: {s}");
+        // Some errors (ours with `{source}`, oci-client's) already print their cause.
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
         source = s.source();
     }
     super::Error::ImagePull {
@@ -398,6 +402,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_error_message_names_each_cause_once() {
+        let err = Error::Registry {
+            image: "r/x:1".into(),
+            source: oci_client::errors::OciDistributionError::ImageManifestNotFoundError(
+                "manifest unknown".into(),
+            ),
+        };
+        let super::super::Error::ImagePull { message, .. } = pull_error("r/x:1", &err) else {
+            panic!("an ImagePull error");
+        };
+        assert_eq!(message.matches("manifest unknown").count(), 1, "{message}");
+        assert!(
+            message.starts_with("registry refused \"r/x:1\": "),
+            "{message}"
+        );
+
+        let err = Error::Layer {
+            digest: "sha256:ab".into(),
+            source: layer::Error::Read(std::io::Error::other("disk full")),
+        };
+        let super::super::Error::ImagePull { message, .. } = pull_error("r/x:1", &err) else {
+            panic!("an ImagePull error");
+        };
+        assert!(
+            message.starts_with("failed to unpack layer sha256:ab: "),
+            "{message}"
+        );
+        assert!(message.contains("disk full"), "{message}");
+    }
 
     #[test]
     fn parses_image_config() {
