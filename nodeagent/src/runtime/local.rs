@@ -431,6 +431,63 @@ fn pidfd_send_signal(pidfd: &OwnedFd, pid: i32, signal: Signal) -> Result<(), Sh
     Ok(())
 }
 
+/// Starts paying, in the background, the kernel's price for the container's first cgroup
+/// attach. Moving a process into a cgroup (libcontainer writes `cgroup.procs` for every
+/// container) takes the kernel's global threadgroup lock for writing, and unless another
+/// attach happened a few milliseconds before, that waits for an RCU grace period: 8 to
+/// 16 ms on this kind of machine, more than half of a container's start. A no-op attach
+/// (this process into the cgroup it is already in) started here waits for that grace
+/// period while the helper starts, and libcontainer's attach, a few milliseconds later,
+/// shares it. Best effort: a failure only means no head start.
+fn warm_cgroup_attach() {
+    drop(tokio::task::spawn_blocking(|| {
+        let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
+            return;
+        };
+        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let Some(procs) = own_cgroup_procs(&cgroups, unified) else {
+            return;
+        };
+        let me = std::process::id().to_string();
+        // Only ever a no-op: the file must already list this process.
+        let listed = std::fs::read_to_string(&procs)
+            .is_ok_and(|text| text.lines().any(|line| line.trim() == me));
+        if listed {
+            if let Err(err) = std::fs::write(&procs, &me) {
+                tracing::debug!(
+                    path = %procs.display(),
+                    error = %err,
+                    "cgroup attach warm-up failed"
+                );
+            }
+        }
+    }));
+}
+
+/// The `cgroup.procs` file of this process's own cgroup in the `pids` hierarchy (v1) or
+/// the unified one (v2), from the text of `/proc/self/cgroup`.
+fn own_cgroup_procs(cgroups: &str, unified: bool) -> Option<PathBuf> {
+    let (hierarchy, path) = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        match (unified, controllers) {
+            (true, "") => Some(("", path)),
+            (false, c) if c.split(',').any(|c| c == "pids") => Some((c, path)),
+            _ => None,
+        }
+    })?;
+    let relative = path.strip_prefix('/')?;
+    if relative.split('/').any(|part| part == "..") {
+        return None;
+    }
+    Some(
+        Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(relative)
+            .join("cgroup.procs"),
+    )
+}
+
 fn remove_dir(path: &Path) -> Result<(), ShimError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -719,6 +776,7 @@ impl ContainerRuntime for LocalRuntime {
         if paths.started().exists() {
             return Ok(());
         }
+        warm_cgroup_attach();
         let root = self.libcontainer_root();
         let max_size = self.log_rotation.max_size.to_string();
         let max_files = self.log_rotation.max_files.to_string();
@@ -962,6 +1020,27 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)));
         assert_eq!(sanitize("a/b c", 10), "a-b-c");
+    }
+
+    #[test]
+    fn own_cgroup_procs_picks_the_pids_hierarchy_or_the_unified_one() {
+        let v1 = "12:cpu,cpuacct:/a\n8:pids:/system.slice/agent\n0::/\n";
+        assert_eq!(
+            own_cgroup_procs(v1, false),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/pids/system.slice/agent/cgroup.procs"
+            ))
+        );
+        assert_eq!(
+            own_cgroup_procs("0::/kubepods/x\n", true),
+            Some(PathBuf::from("/sys/fs/cgroup/kubepods/x/cgroup.procs"))
+        );
+        assert_eq!(
+            own_cgroup_procs("0::/\n", true),
+            Some(PathBuf::from("/sys/fs/cgroup/cgroup.procs"))
+        );
+        assert_eq!(own_cgroup_procs("3:memory:/m\n", false), None);
+        assert_eq!(own_cgroup_procs("8:pids:/../x\n", false), None);
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl Rootfs {
 
     /// Mounts the overlay of `layers` (bottom first) with a fresh writable layer.
     ///
+    /// The overlay is `volatile` where the kernel knows that option (5.10 and later): it
+    /// never syncs the upper filesystem, so its unmount does not wait for a journal
+    /// commit of the whole disk (5 to 15 ms of every container's removal). The writable
+    /// layer is thrown away with its container and a container does not survive a
+    /// reboot, so nothing is lost that would have been kept.
+    ///
     /// # Errors
     /// When a directory cannot be created or the mount fails (needs root).
     pub fn mount(&self, layers: &[PathBuf]) -> Result<()> {
@@ -74,13 +80,20 @@ impl Rootfs {
                 source,
             })?;
         }
-        nix::mount::mount(
-            Some("overlay"),
-            &self.merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )
+        let mount = |options: &str| {
+            nix::mount::mount(
+                Some("overlay"),
+                &self.merged,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options),
+            )
+        };
+        match mount(&format!("{options},volatile")) {
+            // A kernel older than `volatile`.
+            Err(nix::Error::EINVAL) => mount(&options),
+            other => other,
+        }
         .map_err(|source| Error::Mount {
             path: self.merged.clone(),
             source,
@@ -202,6 +215,12 @@ mod tests {
         let guard = Cleanup(rootfs.clone());
         rootfs.mount(&[base, top]).expect("mount");
         let merged = &guard.0.merged;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = mountinfo
+            .lines()
+            .find(|line| line.split(' ').nth(4) == Some(&*merged.to_string_lossy()))
+            .expect("the overlay in mountinfo");
+        assert!(line.contains("volatile"), "not volatile: {line}");
         assert_eq!(
             std::fs::read_to_string(merged.join("etc/kept")).expect("read"),
             "top"
