@@ -5,10 +5,14 @@
 //! attached to each.
 //!
 //! - `BENCH network.tcp_ratio <pct> %`: TCP throughput pod-to-pod as a percentage of
-//!   node-to-node (`iperf3`, run in the namespaces with `ip netns exec`);
+//!   node-to-node (`iperf3`, run in the namespaces with `ip netns exec`; medians of
+//!   alternating runs, as the machine is shared);
 //! - `BENCH network.rr_p99_overhead <ms> ms`: the p99 of 1-byte TCP request/response
 //!   round trips pod-to-pod minus node-to-node, measured from threads that `setns` into
-//!   the namespaces.
+//!   the namespaces;
+//! - `BENCH network.tcp_ratio_host_veth_rps <pct> %` (no target): the ratio again after
+//!   turning RPS on for the host ends of the pods' veths, which the agent does not do
+//!   (yet).
 //!
 //! Everything is made under names unique to the pid and removed on drop, even on errors.
 
@@ -26,6 +30,8 @@ use crate::netlab::{lab_ip, Lab, Netns, NodeNetwork};
 
 /// How long each iperf3 run lasts.
 const IPERF_SECONDS: u32 = 3;
+/// Alternating node-to-node / pod-to-pod iperf3 runs per figure (the median counts).
+const ROUNDS: usize = 3;
 /// Round trips per latency run.
 const ROUND_TRIPS: usize = 10_000;
 
@@ -112,10 +118,10 @@ pub fn run() -> anyhow::Result<PathFigures> {
     let pod_paths = [pods[0].path(), pods[1].path()];
     let underlay_b = lab_ip(lab.underlay_net, 11);
 
-    let underlay_gbps =
-        iperf(&lab.nodes[0].name, &lab.nodes[1].name, underlay_b).context("iperf3 node to node")?;
-    let overlay_gbps =
-        iperf(&pods[0].name, &pods[1].name, pod_ips[1]).context("iperf3 pod to pod")?;
+    let (underlay_gbps, overlay_gbps) = interleaved(
+        (&lab.nodes[0].name, &lab.nodes[1].name, underlay_b),
+        (&pods[0].name, &pods[1].name, pod_ips[1]),
+    )?;
     let port = 20000 + (pid % 20000) as u16;
     let underlay_p99_ms = round_trip_p99(&node_paths[0], &node_paths[1], underlay_b, port)
         .context("round trips node to node")?;
@@ -136,6 +142,22 @@ pub fn run() -> anyhow::Result<PathFigures> {
         "BENCH network.rr_p99_overhead {:.3} ms",
         overlay_p99_ms - underlay_p99_ms
     );
+    // Not a target: the same ratio with RPS on the host ends of the pods' veths, so
+    // that the forwarding and encapsulation of a pod's packets may leave the sending
+    // pod's CPU; evidence for a change the agent does not make (yet).
+    match veth_rps(&[&lab.nodes[0].name, &lab.nodes[1].name]) {
+        Ok(()) => {
+            let (underlay, overlay) = interleaved(
+                (&lab.nodes[0].name, &lab.nodes[1].name, underlay_b),
+                (&pods[0].name, &pods[1].name, pod_ips[1]),
+            )?;
+            println!(
+                "BENCH network.tcp_ratio_host_veth_rps {:.1} %",
+                100.0 * overlay / underlay
+            );
+        }
+        Err(err) => eprintln!("skipping the veth RPS variant: {err:#}"),
+    }
     // Pods before the networks, the networks before the lab (drop order is reversed
     // declaration order: `pods`, `networks`, `lab`, `state`).
     drop(pods);
@@ -161,6 +183,69 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Medians in Gbit/s of [`ROUNDS`] node-to-node and pod-to-pod `iperf3` runs, taken
+/// alternately so that both see the same load on a shared machine; the raw figures go
+/// to stderr. Each argument is (client namespace, server namespace, server address).
+fn interleaved(
+    underlay: (&str, &str, Ipv4Addr),
+    overlay: (&str, &str, Ipv4Addr),
+) -> anyhow::Result<(f64, f64)> {
+    let mut under = Vec::with_capacity(ROUNDS);
+    let mut over = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        under.push(iperf(underlay.0, underlay.1, underlay.2).context("iperf3 node to node")?);
+        over.push(iperf(overlay.0, overlay.1, overlay.2).context("iperf3 pod to pod")?);
+    }
+    eprintln!("iperf3 Gbit/s node to node {under:.2?}, pod to pod {over:.2?}");
+    Ok((median(under), median(over)))
+}
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Spreads receive processing over every CPU (RPS) on each veth in the node namespaces
+/// `nodes` except the underlay's `eth0`: the host ends of the pods' veths (bench setup,
+/// through a sysfs that `ip netns exec` mounts for the namespace).
+fn veth_rps(nodes: &[&String]) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(32));
+    let mask = format!("{:x}", (1u64 << cpus) - 1);
+    for node in nodes {
+        let out = Command::new("ip")
+            .args(["-n", node, "-o", "link", "show", "type", "veth"])
+            .output()
+            .context("list veths")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "7: name@if6: <…": the name sits between the first ": " and the "@".
+            let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
+                continue;
+            };
+            if name == "eth0" {
+                continue;
+            }
+            let status = Command::new("ip")
+                .args(["netns", "exec", node, "sh", "-c"])
+                .arg(format!(
+                    "echo {mask} > /sys/class/net/{name}/queues/rx-0/rps_cpus"
+                ))
+                .status()
+                .context("write rps_cpus")?;
+            anyhow::ensure!(status.success(), "rps_cpus of {name} in {node}");
+        }
+    }
+    Ok(())
 }
 
 /// Receiver-side throughput in Gbit/s of an `iperf3` TCP run from namespace `client`
@@ -292,6 +377,13 @@ fn percentile_ms(mut times: Vec<Duration>, q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
 
     #[test]
     fn percentile_is_nearest_rank() {
