@@ -58,6 +58,21 @@ pub struct StatusArgs {
     /// Give up after this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub timeout_seconds: u64,
+    /// Give up after this long, as kubectl's `--timeout` (`90s`, `2m`, `1h`; 0: never).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// Parses kubectl's `--timeout`: `30s`, `2m`, `1h` or a bare number of seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?}")),
+    }
 }
 
 /// Arguments of `rollout undo`.
@@ -359,8 +374,10 @@ fn stuck_reasons(pods: &Value) -> BTreeSet<String> {
 }
 
 async fn status(ctx: &Ctx, path: &str, name: &str, args: &StatusArgs) -> anyhow::Result<()> {
-    let deadline = (args.timeout_seconds > 0)
-        .then(|| Instant::now() + Duration::from_secs(args.timeout_seconds));
+    let timeout = args
+        .timeout
+        .unwrap_or(Duration::from_secs(args.timeout_seconds));
+    let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
     let mut last_line = String::new();
     let mut told = BTreeSet::new();
     loop {
@@ -406,6 +423,17 @@ async fn status(ctx: &Ctx, path: &str, name: &str, args: &StatusArgs) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_reads_like_kubectl() {
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("0s"), Ok(Duration::ZERO));
+        assert!(parse_timeout("5x").is_err());
+        assert!(parse_timeout("s").is_err());
+    }
 
     #[test]
     fn progress_follows_kubectl() {
