@@ -13,6 +13,7 @@
 #   make bench-scheduler  the scheduler benchmark (prints BENCH lines)
 #   make bench-nodeagent  the container runtime and node agent benchmark, as root (BENCH lines)
 #   make bench-network    the network benchmark, as root (prints BENCH lines)
+#   make bench-lab        a 3-node lab: up time, pod startup, memory, as root (BENCH lines)
 #   make hello-images     build and push the walkthrough's hello:1.0.0 and hello:1.1.0
 #                         images to $(REGISTRY) (default: the lab's registry)
 
@@ -37,7 +38,7 @@ SYSTEM_DEPS := etcd:etcd-server protoc:protobuf-compiler pkg-config:pkg-config \
 # Libraries without a command, as pkg-config-name:debian-package.
 SYSTEM_LIBS := libseccomp:libseccomp-dev
 
-.PHONY: up down status test lint fmt bench-apiserver bench-controllers bench-scheduler bench-nodeagent bench-network deps deps-check hello-images
+.PHONY: up down status test lint fmt bench-apiserver bench-controllers bench-scheduler bench-nodeagent bench-network bench-lab deps deps-check hello-images
 
 up: deps
 	$(CARGO) build --release --bins
@@ -84,6 +85,14 @@ bench-network: deps
 	@command -v iperf3 >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3; }
 	$(CARGO) build --release -p rkube-tests --bin bench-network
 	$(SUDO) $(CURDIR)/target/release/bench-network
+
+# `rkube up --nodes 3` with the release binaries, 30 pods' startup through a watch, and
+# the control plane's and agents' resident memory; a lab of its own in a temporary
+# directory (runs as root).
+bench-lab: deps
+	$(CARGO) build --release -p rkube-ctl -p rkube-nodeagent -p rkube-apiserver -p rkube-scheduler -p rkube-controller-manager --bins
+	$(CARGO) build --release -p rkube-tests --bin bench-lab
+	$(SUDO) $(CURDIR)/target/release/bench-lab
 
 # The walkthrough's images: copies Debian's busybox-static into manifests/hello, builds
 # hello:1.0.0 and hello:1.1.0 for $(REGISTRY) (default: the running lab's registry) and
