@@ -10,10 +10,10 @@
 //! tonic [`Channel`] is kept per node and replaced when the node's address changes.
 
 use std::collections::HashMap;
-use std::fs;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
@@ -37,16 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the proxy's TLS client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("no PEM certificate in {path}")]
-    NoCertificate { path: PathBuf },
-    #[error("no PEM private key in {path}")]
-    NoPrivateKey { path: PathBuf },
+    #[error("failed to read the kubelet client certificate or key")]
+    Pem(#[source] crate::tls::Error),
     #[error("failed to build the kubelet client TLS configuration")]
     Config(#[source] rustls::Error),
 }
@@ -116,8 +108,8 @@ impl NodeProxy {
     /// # Errors
     /// When a file cannot be read or holds no certificate or key, or rustls rejects them.
     pub fn new(cert: &Path, key: &Path) -> Result<Self> {
-        let chain = read_certificates(cert)?;
-        let key = read_private_key(key)?;
+        let chain = crate::tls::read_certificates(cert).map_err(Error::Pem)?;
+        let key = crate::tls::read_private_key(key).map_err(Error::Pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -280,41 +272,6 @@ impl ServerCertVerifier for AnyServerCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(Error::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| Error::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
 }
 
 #[cfg(test)]

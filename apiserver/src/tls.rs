@@ -108,7 +108,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| Error::Read {
