@@ -188,7 +188,7 @@ async fn apply_and_get_in_every_format() {
     // A single file changed on stdin: configured.
     let changed = std::fs::read_to_string(Path::new(&hello_dir()).join("deployment.yaml"))
         .expect("read manifest")
-        .replace("replicas: 3", "replicas: 2");
+        .replace("replicas: 2", "replicas: 1");
     let out = k.stdin_ok(&["apply", "-f", "-"], &changed).await;
     assert!(
         out.contains("deployment.apps/helloworld configured"),
@@ -196,7 +196,7 @@ async fn apply_and_get_in_every_format() {
     );
     assert_eq!(
         k.json(&["get", "deploy", "helloworld"]).await["spec"]["replicas"],
-        2
+        1
     );
     // Multi-document stdin with a namespace.
     let out = k
@@ -252,7 +252,7 @@ async fn apply_and_get_in_every_format() {
     // yaml, json, name, jsonpath.
     let yaml = k.ok(&["get", "deploy", "helloworld", "-o", "yaml"]).await;
     assert!(
-        yaml.contains("kind: Deployment") && yaml.contains("replicas: 2"),
+        yaml.contains("kind: Deployment") && yaml.contains("replicas: 1"),
         "{yaml}"
     );
     let list = k.json(&["get", "deploy,svc"]).await;
@@ -272,7 +272,7 @@ async fn apply_and_get_in_every_format() {
             "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"
         ])
         .await,
-        "default/cm-b\nother/cm-a\n"
+        "default/cm-b\ndefault/helloworld-config\nother/cm-a\n"
     );
     assert_eq!(
         k.ok(&[
@@ -283,7 +283,7 @@ async fn apply_and_get_in_every_format() {
             "jsonpath={.spec.template.spec.containers[*].image}"
         ])
         .await,
-        "hello:1.0.0"
+        "REGISTRY/hello:1.0.0"
     );
 
     // Selectors.
@@ -816,7 +816,7 @@ async fn describe_edit_and_drain() {
         "Name:               helloworld",
         "Namespace:          default",
         "Labels:             app=helloworld",
-        "Replicas:           3 desired | 0 updated | 0 total | 0 available | 0 unavailable",
+        "Replicas:           2 desired | 0 updated | 0 total | 0 available | 0 unavailable",
         "StrategyType:       RollingUpdate",
         "Pod Template:",
         "Events:",
@@ -828,7 +828,7 @@ async fn describe_edit_and_drain() {
     }
     assert!(
         d.lines()
-            .any(|l| l.trim_start().starts_with("Image:") && l.ends_with(" hello:1.0.0")),
+            .any(|l| l.trim_start().starts_with("Image:") && l.ends_with(" REGISTRY/hello:1.0.0")),
         "{d}"
     );
     let svc = k.ok(&["describe", "svc/helloworld"]).await;
@@ -841,7 +841,7 @@ async fn describe_edit_and_drain() {
     // edit: the editor's change is written back; no change cancels.
     let out = k
         .command(&["edit", "deploy/helloworld"])
-        .env("KUBE_EDITOR", "sed -i 's/replicas: 3/replicas: 5/'")
+        .env("KUBE_EDITOR", "sed -i 's/replicas: 2/replicas: 5/'")
         .output()
         .expect("run edit");
     assert!(out.status.success(), "{}", text(&out));
