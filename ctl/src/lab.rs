@@ -686,32 +686,10 @@ async fn start_registry(config: &LabConfig) -> Result<String> {
         &config.registry_binary,
         vec!["serve".into(), registry_config.into_os_string()],
     )?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let _ = fs::remove_file(config.pid_file(REGISTRY));
-            let log = config.log_file(REGISTRY);
-            return Err(Error::Exited {
-                name: REGISTRY.to_string(),
-                status,
-                tail: log_tail(&log),
-                log,
-            });
-        }
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let log = config.log_file(REGISTRY);
-            return Err(Error::NotReady {
-                name: REGISTRY.to_string(),
-                timeout: READY_TIMEOUT,
-                tail: log_tail(&log),
-                log,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(config, REGISTRY, &mut child, || async {
+        tokio::net::TcpStream::connect(&addr).await.is_ok()
+    })
+    .await?;
     let record = config.recorded_registry();
     fs::write(&record, &addr).map_err(io_err("write", &record))?;
     Ok(addr)
@@ -1148,6 +1126,21 @@ async fn wait_ready(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<()> {
+    wait_until(config, name, &mut child, || ready(http, url)).await
+}
+
+/// Polls `check` until it holds, failing early (with the tail of its log) if the child
+/// exits, and after [`READY_TIMEOUT`].
+async fn wait_until<F, Fut>(
+    config: &LabConfig,
+    name: &str,
+    child: &mut Child,
+    mut check: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -1160,7 +1153,7 @@ async fn wait_ready(
                 log,
             });
         }
-        if ready(http, url).await {
+        if check().await {
             return Ok(());
         }
         if Instant::now() >= deadline {
