@@ -2514,28 +2514,8 @@ mod tests {
                 value: Some("1".into()),
                 value_from: None,
             },
-            EnvVar {
-                name: "POD".into(),
-                value: None,
-                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                    field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            },
-            EnvVar {
-                name: "IP".into(),
-                value: None,
-                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                    field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                        field_path: "status.podIP".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            },
+            field_env("POD", "metadata.name"),
+            field_env("IP", "status.podIP"),
             EnvVar {
                 name: "MEM_MI".into(),
                 value: None,
@@ -2577,6 +2557,20 @@ mod tests {
             container_env(&api, &pod.0, &c, ip, pod_ip).await,
             Err("secret \"\" not found".to_string())
         );
+    }
+
+    /// `name` from the downward-API field `path`.
+    fn field_env(name: &str, path: &str) -> EnvVar {
+        key_ref_env(
+            name,
+            k8s_openapi::api::core::v1::EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    field_path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
     }
 
     fn key_ref_env(name: &str, source: k8s_openapi::api::core::v1::EnvVarSource) -> EnvVar {
@@ -3376,17 +3370,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pod_ip_is_reported_and_given_to_the_environment() {
         let mut pod = TestPod::new("ip").container("app");
-        pod.spec().containers[0].env = Some(vec![EnvVar {
-            name: "MY_IP".into(),
-            value: None,
-            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }]);
+        pod.spec().containers[0].env = Some(vec![field_env("MY_IP", "status.podIP")]);
         let (mut worker, runtime, api, _pods) = worker(&pod);
         worker.sync(&pod.update()).await;
         let status = api.last_status();
