@@ -53,6 +53,9 @@ pub struct Config {
     /// The pod network (bridge, veth, VXLAN overlay); `None` (the default) leaves pods
     /// loopback-only and the host's network untouched (the binary turns it on).
     pub pod_network: Option<PodNetworkOptions>,
+    /// Remount the host's cgroup2 hierarchy with `favordynmods` for fast container
+    /// starts (see [`crate::runtime::host_cgroups`]); on by default.
+    pub favor_dynamic_cgroups: bool,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             listen_address: None,
             log_rotation: LogRotation::default(),
             pod_network: None,
+            favor_dynamic_cgroups: true,
         }
     }
 }
@@ -91,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         root_dir: config.root_dir.clone(),
         insecure_registries: config.insecure_registries.clone(),
         shim_binary,
+        favor_dynamic_cgroups: config.favor_dynamic_cgroups,
     })
     .context("prepare the container runtime")?;
     runtime.set_log_rotation(config.log_rotation);

@@ -67,6 +67,11 @@ struct Flags {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Remount the host's cgroup2 hierarchy with `favordynmods`, which makes moving a
+    /// process into a cgroup (every container start) about 0.1 ms instead of an RCU
+    /// grace period, at a small cost to forks and exits host-wide.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    cgroup_favordynmods: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -112,6 +117,7 @@ fn main() -> anyhow::Result<ExitCode> {
             cluster_domain: flags.cluster_domain.clone(),
         });
     config.listen_address = Some(flags.listen_address);
+    config.favor_dynamic_cgroups = flags.cgroup_favordynmods;
     config.log_rotation = rkube_nodeagent::runtime::LogRotation {
         max_size: flags.container_log_max_size,
         max_files: usize::try_from(flags.container_log_max_files).unwrap_or(usize::MAX),

@@ -114,6 +114,7 @@ async fn sandboxes_join_the_pod_network() {
             root_dir: root,
             insecure_registries: vec![registry.addr.clone()],
             shim_binary: std::env::current_exe().expect("this test binary"),
+            favor_dynamic_cgroups: true,
         })
         .expect("runtime");
         let handle = NetworkHandle::new("cluster.local");

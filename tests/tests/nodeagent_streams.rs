@@ -458,6 +458,7 @@ async fn serves_logs_exec_and_stats_over_grpc() {
         root_dir: agent.root.path().to_path_buf(),
         insecure_registries: vec![registry.addr.clone()],
         shim_binary: std::env::current_exe().expect("this binary"),
+        favor_dynamic_cgroups: true,
     })
     .expect("runtime");
     let sleeper_id = ContainerId(

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::container::SandboxNamespaces;
 use super::exec::{self, ExecProcess, ExecRequest, ExecTarget};
+use super::host_cgroups;
 use super::image::ImageStore;
 use super::rootfs::Rootfs;
 use super::state::{
@@ -47,6 +48,10 @@ pub struct LocalRuntimeConfig {
     /// A binary that runs the helper when called as `<binary> shim <command>`: the agent
     /// itself in production.
     pub shim_binary: PathBuf,
+    /// Remount the host's cgroup2 hierarchy with `favordynmods` so that container
+    /// starts do not wait for the kernel's cgroup lock (see [`host_cgroups`]); the
+    /// agent does unless told not to.
+    pub favor_dynamic_cgroups: bool,
 }
 
 /// A helper that reported a failure (its stderr), or a step around it that failed.
@@ -140,6 +145,18 @@ impl LocalRuntime {
     /// When the directories cannot be created.
     pub fn new(config: LocalRuntimeConfig) -> Result<Self> {
         let root = config.root_dir.clone();
+        if config.favor_dynamic_cgroups {
+            match host_cgroups::favor_dynamic_modifications() {
+                Ok(host_cgroups::Outcome::Remounted(targets)) => {
+                    tracing::info!(?targets, "remounted cgroup2 with favordynmods");
+                }
+                Ok(outcome) => tracing::debug!(?outcome, "cgroup2 favordynmods"),
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "container starts will wait for the kernel's cgroup lock"
+                ),
+            }
+        }
         let images = ImageStore::open(root.join("images"), config.insecure_registries)
             .map_err(failed("open image store", &root.display().to_string()))?;
         for dir in ["sandboxes", "containers", "logs", "lc"] {
@@ -431,63 +448,6 @@ fn pidfd_send_signal(pidfd: &OwnedFd, pid: i32, signal: Signal) -> Result<(), Sh
     Ok(())
 }
 
-/// Starts paying, in the background, the kernel's price for the container's first cgroup
-/// attach. Moving a process into a cgroup (libcontainer writes `cgroup.procs` for every
-/// container) takes the kernel's global threadgroup lock for writing, and unless another
-/// attach happened a few milliseconds before, that waits for an RCU grace period: 8 to
-/// 16 ms on this kind of machine, more than half of a container's start. A no-op attach
-/// (this process into the cgroup it is already in) started here waits for that grace
-/// period while the helper starts, and libcontainer's attach, a few milliseconds later,
-/// shares it. Best effort: a failure only means no head start.
-fn warm_cgroup_attach() {
-    drop(tokio::task::spawn_blocking(|| {
-        let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
-            return;
-        };
-        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let Some(procs) = own_cgroup_procs(&cgroups, unified) else {
-            return;
-        };
-        let me = std::process::id().to_string();
-        // Only ever a no-op: the file must already list this process.
-        let listed = std::fs::read_to_string(&procs)
-            .is_ok_and(|text| text.lines().any(|line| line.trim() == me));
-        if listed {
-            if let Err(err) = std::fs::write(&procs, &me) {
-                tracing::debug!(
-                    path = %procs.display(),
-                    error = %err,
-                    "cgroup attach warm-up failed"
-                );
-            }
-        }
-    }));
-}
-
-/// The `cgroup.procs` file of this process's own cgroup in the `pids` hierarchy (v1) or
-/// the unified one (v2), from the text of `/proc/self/cgroup`.
-fn own_cgroup_procs(cgroups: &str, unified: bool) -> Option<PathBuf> {
-    let (hierarchy, path) = cgroups.lines().find_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        match (unified, controllers) {
-            (true, "") => Some(("", path)),
-            (false, c) if c.split(',').any(|c| c == "pids") => Some((c, path)),
-            _ => None,
-        }
-    })?;
-    let relative = path.strip_prefix('/')?;
-    if relative.split('/').any(|part| part == "..") {
-        return None;
-    }
-    Some(
-        Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(relative)
-            .join("cgroup.procs"),
-    )
-}
-
 fn remove_dir(path: &Path) -> Result<(), ShimError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -776,7 +736,6 @@ impl ContainerRuntime for LocalRuntime {
         if paths.started().exists() {
             return Ok(());
         }
-        warm_cgroup_attach();
         let root = self.libcontainer_root();
         let max_size = self.log_rotation.max_size.to_string();
         let max_files = self.log_rotation.max_files.to_string();
@@ -1020,27 +979,6 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)));
         assert_eq!(sanitize("a/b c", 10), "a-b-c");
-    }
-
-    #[test]
-    fn own_cgroup_procs_picks_the_pids_hierarchy_or_the_unified_one() {
-        let v1 = "12:cpu,cpuacct:/a\n8:pids:/system.slice/agent\n0::/\n";
-        assert_eq!(
-            own_cgroup_procs(v1, false),
-            Some(PathBuf::from(
-                "/sys/fs/cgroup/pids/system.slice/agent/cgroup.procs"
-            ))
-        );
-        assert_eq!(
-            own_cgroup_procs("0::/kubepods/x\n", true),
-            Some(PathBuf::from("/sys/fs/cgroup/kubepods/x/cgroup.procs"))
-        );
-        assert_eq!(
-            own_cgroup_procs("0::/\n", true),
-            Some(PathBuf::from("/sys/fs/cgroup/cgroup.procs"))
-        );
-        assert_eq!(own_cgroup_procs("3:memory:/m\n", false), None);
-        assert_eq!(own_cgroup_procs("8:pids:/../x\n", false), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! [`layer`] (tar unpacking with overlay whiteouts), [`rootfs`] (the overlay mount),
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
-//! containers and [`logs`] reads their CRI logs.
+//! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
+//! moves cheap.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use k8s_openapi::chrono::{DateTime, Utc};
 pub mod container;
 pub mod exec;
 pub mod fake;
+pub mod host_cgroups;
 pub mod image;
 pub mod layer;
 pub mod local;

@@ -168,6 +168,7 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         root_dir: root.clone(),
         insecure_registries: vec![registry.addr.clone()],
         shim_binary: agent_binary()?,
+        favor_dynamic_cgroups: true,
     })
     .context("runtime")?;
     let image = runtime
