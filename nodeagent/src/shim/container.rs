@@ -22,7 +22,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::log::{CriLog, RotatingFile, Stream};
-use super::{detach, io, sys, Error, Result};
+use super::{detach, io, memory, sys, Error, Result};
 use crate::runtime::state::{self, ContainerPaths, Exited, Started};
 
 /// Arguments of `shim run`.
@@ -78,7 +78,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     ready.ok();
-    release_heap();
+    memory::release();
     let (mut container, stdout, stderr) = started;
     let pid = container
         .pid()
@@ -150,22 +150,6 @@ fn start(args: &RunArgs, paths: &ContainerPaths) -> Result<(Container, OwnedFd, 
     state::write_pid(&paths.pid(), pid.as_raw())?;
     Ok((container, stdout, stderr))
 }
-
-/// Hands the heap that creating the container needed (libcontainer's spec, seccomp
-/// filter, mount bookkeeping: freed by now) back to the kernel, so that the helper, which
-/// lives as long as its container, stays small.
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn release_heap() {
-    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own allocator state,
-    // under the allocator's locks, and the helper is single-threaded here.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn release_heap() {}
 
 /// Copies the container's output into the log until its init process exits, then what
 /// is left in the pipes; returns how it exited (without reaping it).
