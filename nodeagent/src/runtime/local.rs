@@ -323,7 +323,7 @@ impl LocalRuntime {
 }
 
 /// A file-name and libcontainer-safe id: letters, digits, `-`, `.` and `_` only.
-fn sanitize(text: &str, max: usize) -> String {
+pub(crate) fn sanitize(text: &str, max: usize) -> String {
     text.chars()
         .take(max)
         .map(|c| match c {
@@ -368,7 +368,7 @@ fn alive(pid: i32) -> bool {
 
 /// Waits until process `pid` is gone, at most `timeout`; returns whether it is. A pidfd
 /// turns readable when its process exits, so this wakes at once instead of polling.
-async fn wait_gone(pid: i32, timeout: Duration) -> bool {
+pub(crate) async fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     let pidfd = match pidfd_open(pid) {
         Ok(Some(pidfd)) => pidfd,

@@ -7,7 +7,7 @@
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
 //! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
-//! moves cheap.
+//! moves cheap; [`oneshot`] runs one container to its end (`RUN` of an image build).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -24,6 +24,7 @@ pub mod image;
 pub mod layer;
 pub mod local;
 pub mod logs;
+pub mod oneshot;
 pub mod rootfs;
 pub mod seccomp;
 pub mod state;
