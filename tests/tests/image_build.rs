@@ -1,15 +1,56 @@
 //! `rkubectl image build/push` against a real `docker-registry`: the walkthrough's hello
 //! images (1.0.0 and 1.1.0) built from manifests/hello with Debian's busybox-static,
 //! their config, shared layers and build cache, pushed and pulled back with the node
-//! agent's image store; and Dockerfile errors that name the line.
+//! agent's image store; Dockerfile errors that name the line; and RUN steps run as
+//! containers of the node agent's runtime (namespaces, default capabilities, seccomp,
+//! a cgroup, the host's network), their output shown, nothing of them left behind.
+//!
+//! Root (overlay mounts, containers). Its own `main`: the build runs in this process,
+//! whose binary doubles as the runtime's `shim` helper. One test also runs the real
+//! `rkubectl` from `target/debug` (`cargo build -p rkube-ctl --bin rkubectl`).
 
-use std::path::Path;
-use std::time::Instant;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rkube_ctl::image::{self, BuildOptions, PushOptions, Store};
-use rkube_tests::node::Registry;
+use rkube_nodeagent::runtime::container::{
+    host_capabilities, ALL_CAPABILITIES, DEFAULT_CAPABILITIES,
+};
+use rkube_tests::node::{clean_up_agent_state, entries, root_test_main, Registry};
 use serde_json::json;
+
+fn main() -> std::process::ExitCode {
+    root_test_main(
+        "image_build",
+        &[
+            (
+                "hello_images_build_share_layers_cache_push_and_pull",
+                || Box::pin(hello_images_build_share_layers_cache_push_and_pull()),
+            ),
+            ("bad_dockerfiles_name_the_line", || {
+                Box::pin(bad_dockerfiles_name_the_line())
+            }),
+            ("run_steps_make_layers_with_files_and_whiteouts", || {
+                Box::pin(run_steps_make_layers_with_files_and_whiteouts())
+            }),
+            ("run_steps_run_in_our_runtime", || {
+                Box::pin(run_steps_run_in_our_runtime())
+            }),
+            ("a_failing_run_step_names_its_command_and_exit_code", || {
+                Box::pin(a_failing_run_step_names_its_command_and_exit_code())
+            }),
+            ("rkubectl_shows_run_output_and_answers_shim", || {
+                Box::pin(rkubectl_shows_run_output_and_answers_shim())
+            }),
+            ("rkubectl_interrupted_in_a_run_step_leaves_nothing", || {
+                Box::pin(rkubectl_interrupted_in_a_run_step_leaves_nothing())
+            }),
+        ],
+    )
+}
 
 const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/hello");
 
@@ -54,7 +95,6 @@ fn options(context: &Path, tag: &str, version: &str) -> BuildOptions {
     }
 }
 
-#[tokio::test]
 async fn hello_images_build_share_layers_cache_push_and_pull() {
     let context = hello_context();
     let store_dir = tempfile::tempdir().expect("tempdir");
@@ -209,7 +249,6 @@ async fn hello_images_build_share_layers_cache_push_and_pull() {
     }
 }
 
-#[tokio::test]
 async fn bad_dockerfiles_name_the_line() {
     let cases = [
         (
@@ -275,12 +314,7 @@ fn layer_entries(store: &Store, digest: &str) -> Vec<(String, String)> {
     entries
 }
 
-#[tokio::test]
 async fn run_steps_make_layers_with_files_and_whiteouts() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: RUN needs root (overlay mounts)");
-        return;
-    }
     let context = tempfile::tempdir().expect("tempdir");
     std::fs::copy("/bin/busybox", context.path().join("busybox")).expect("copy /bin/busybox");
     std::fs::write(
@@ -297,6 +331,7 @@ async fn run_steps_make_layers_with_files_and_whiteouts() {
     )
     .expect("write Dockerfile");
     let store_dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = Leftovers(store_dir.path().to_path_buf());
     let store = Store::open(store_dir.path()).expect("open store");
     let built = image::build(&store, options(context.path(), "t/run:1", "x"))
         .await
@@ -325,16 +360,7 @@ async fn run_steps_make_layers_with_files_and_whiteouts() {
         !removed.iter().any(|(path, _)| path == "etc/old"),
         "{removed:?}"
     );
-    // Nothing of the overlays is left mounted or on disk.
-    let tmp: Vec<_> = std::fs::read_dir(store_dir.path().join("tmp"))
-        .expect("read tmp")
-        .collect();
-    assert!(tmp.is_empty(), "{tmp:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(
-        !mounts.contains(&store_dir.path().display().to_string()),
-        "an overlay is still mounted"
-    );
+    assert_nothing_left(store_dir.path());
 
     // The RUN steps come from the cache the second time.
     let again = image::build(&store, options(context.path(), "t/run:1", "x"))
@@ -354,4 +380,355 @@ async fn run_steps_make_layers_with_files_and_whiteouts() {
         .expect_err("RUN false");
     let text = format!("{err:#}");
     assert!(text.contains("line 3") && text.contains("failed"), "{text}");
+    assert_nothing_left(store_dir.path());
+}
+
+/// This build context: /bin/busybox as `busybox` and `dockerfile` as the Dockerfile.
+fn run_context(dockerfile: &str) -> tempfile::TempDir {
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::copy("/bin/busybox", context.path().join("busybox")).expect("copy /bin/busybox");
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+    context
+}
+
+/// The cgroups of the RUN containers of process `pid` (`rkube/build-<pid>-<n>`), in
+/// every mounted hierarchy.
+fn run_cgroups(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("build-{pid}-");
+    let base = Path::new("/sys/fs/cgroup");
+    let parents: Vec<PathBuf> = if base.join("cgroup.controllers").exists() {
+        vec![base.join("rkube")]
+    } else {
+        entries(base)
+            .into_iter()
+            .map(|h| base.join(h).join("rkube"))
+            .collect()
+    };
+    parents
+        .iter()
+        .flat_map(|parent| {
+            entries(parent)
+                .into_iter()
+                .filter(|name| name.starts_with(&prefix))
+                .map(move |name| parent.join(name))
+        })
+        .collect()
+}
+
+/// Live processes whose command line mentions `text` (the helpers name their bundle).
+fn processes_mentioning(text: &str) -> Vec<i32> {
+    entries(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|name| name.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+        })
+        .collect()
+}
+
+/// Asserts that the RUN steps built with the store at `store` left nothing: no overlay
+/// or bundle on disk, no mount, no libcontainer state, no cgroup, no helper.
+fn assert_nothing_left(store: &Path) {
+    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new(), "tmp");
+    for dir in ["containers", "lc", "logs"] {
+        assert_eq!(
+            entries(&store.join("runtime").join(dir)),
+            Vec::<String>::new(),
+            "runtime/{dir}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&store.display().to_string()),
+        "still mounted under {}",
+        store.display()
+    );
+    assert_eq!(
+        run_cgroups(std::process::id()),
+        Vec::<PathBuf>::new(),
+        "cgroups"
+    );
+    let text = store.display().to_string();
+    assert_eq!(processes_mentioning(&text), Vec::<i32>::new(), "helpers");
+}
+
+/// Removes what RUN steps of a build with the store at `.0` left, even when the test
+/// failed: helpers and containers killed, overlays unmounted, cgroups removed.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.0.display().to_string()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        clean_up_agent_state(&self.0.join("runtime"));
+        for run in entries(&self.0.join("tmp")) {
+            let rootfs = self.0.join("tmp").join(run).join("rootfs");
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for cgroup in run_cgroups(std::process::id()) {
+            let _ = std::fs::remove_dir(cgroup);
+        }
+    }
+}
+
+/// The value of `field` in a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The interface names of a `/proc/net/dev` text, sorted.
+fn interfaces(net_dev: &str) -> Vec<String> {
+    let mut names: Vec<String> = net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn run_steps_run_in_our_runtime() {
+    let context = run_context(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ENV PATH=/bin\n\
+         RUN cat /proc/self/status > /status.txt \
+           && grep '^proc /proc ' /proc/mounts > /proc-mount.txt \
+           && echo $$ > /pid.txt && hostname > /hostname.txt \
+           && cat /proc/net/dev > /net.txt && sleep 1\n",
+    );
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = Leftovers(store_dir.path().to_path_buf());
+    let store = Store::open(store_dir.path()).expect("open store");
+    let build = {
+        let (store, options) = (store.clone(), options(context.path(), "t/proc:1", "x"));
+        tokio::spawn(async move { image::build(&store, options).await })
+    };
+    // While a step runs, its cgroup exists under its name, holding its processes.
+    let mut seen: Vec<String> = Vec::new();
+    let mut populated = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !build.is_finished() && Instant::now() < deadline {
+        for cgroup in run_cgroups(std::process::id()) {
+            let name = cgroup
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            populated |= std::fs::read_to_string(cgroup.join("cgroup.procs"))
+                .is_ok_and(|procs| !procs.trim().is_empty());
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let built = build
+        .await
+        .expect("build task")
+        .expect("build with RUN in our runtime");
+    assert!(populated, "no RUN cgroup with processes seen: {seen:?}");
+    assert_eq!(built.layers.len(), 3);
+
+    // Neither step keeps the mount points (/proc, /dev, /sys) the runtime needed.
+    let installed = layer_entries(&store, &built.layers[1].descriptor.digest);
+    assert!(
+        installed
+            .iter()
+            .all(|(path, _)| path == "bin" || path.starts_with("bin/")),
+        "{installed:?}"
+    );
+    assert!(installed.len() > 100, "{installed:?}");
+    let files = layer_entries(&store, &built.layers[2].descriptor.digest);
+    let mut paths: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
+    paths.sort();
+    // Exactly what the command wrote.
+    assert_eq!(
+        paths,
+        [
+            "hostname.txt",
+            "net.txt",
+            "pid.txt",
+            "proc-mount.txt",
+            "status.txt"
+        ],
+        "{files:?}"
+    );
+    let file = |name: &str| -> String {
+        files
+            .iter()
+            .find(|(path, _)| path == name)
+            .map(|(_, body)| body.clone())
+            .unwrap_or_default()
+    };
+    let status = file("status.txt");
+    assert_eq!(status_field(&status, "Seccomp"), Some("2"), "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs"), Some("0"), "{status}");
+    let capbnd = status_field(&status, "CapBnd")
+        .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+        .expect("CapBnd");
+    let host = host_capabilities().expect("this process's CapBnd");
+    let defaults: u64 = ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| DEFAULT_CAPABILITIES.contains(name))
+        .map(|(index, _)| 1u64 << index)
+        .sum();
+    assert_eq!(capbnd, defaults & host, "CapBnd {capbnd:x}");
+    assert_ne!(capbnd, host, "the full set of a root process");
+    assert!(
+        file("proc-mount.txt").starts_with("proc /proc proc "),
+        "{}",
+        file("proc-mount.txt")
+    );
+    assert_eq!(
+        file("pid.txt"),
+        "1\n",
+        "the shell is PID 1 of its own namespace"
+    );
+    let hostname = file("hostname.txt").trim().to_string();
+    assert!(
+        hostname.starts_with(&format!("build-{}-", std::process::id())),
+        "{hostname}"
+    );
+    assert!(
+        seen.contains(&hostname),
+        "the step's cgroup is named like it: {hostname} not in {seen:?}"
+    );
+    // The host's network, as `docker build` gives by default.
+    let host_net = std::fs::read_to_string("/proc/self/net/dev").expect("read /proc/net/dev");
+    assert_eq!(interfaces(&file("net.txt")), interfaces(&host_net));
+    assert_nothing_left(store_dir.path());
+}
+
+async fn a_failing_run_step_names_its_command_and_exit_code() {
+    let context = run_context(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ENV PATH=/bin\n\
+         RUN echo about to fail && exit 3\n",
+    );
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = Leftovers(store_dir.path().to_path_buf());
+    let store = Store::open(store_dir.path()).expect("open store");
+    let err = image::build(&store, options(context.path(), "t/fail:1", "x"))
+        .await
+        .expect_err("RUN exit 3");
+    let text = format!("{:#}", anyhow::Error::from(err));
+    for part in ["line 5", "echo about to fail && exit 3", "exit code 3"] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    assert!(
+        store.list().expect("list").is_empty(),
+        "failed builds tag nothing"
+    );
+    assert_nothing_left(store_dir.path());
+}
+
+/// `target/debug/rkubectl` (or under `$CARGO_TARGET_DIR`).
+fn rkubectl_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let binary = target.join("debug/rkubectl");
+    assert!(
+        binary.is_file(),
+        "{} not built: run `cargo build -p rkube-ctl --bin rkubectl`",
+        binary.display()
+    );
+    binary
+}
+
+async fn rkubectl_shows_run_output_and_answers_shim() {
+    let context = run_context(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ENV PATH=/bin\n\
+         RUN echo run-output-$((6*7)) && echo run-error-$((6*8)) >&2\n",
+    );
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = Leftovers(store_dir.path().to_path_buf());
+    let mut command = Command::new(rkubectl_binary());
+    command
+        .args(["image", "build", "-t", "t/out:1", "--image-store"])
+        .arg(store_dir.path())
+        .arg(context.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("spawn rkubectl");
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait for rkubectl");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("built sha256:"), "{stdout}");
+    // The command's stdout and stderr, evaluated by its shell, reach the user.
+    for line in ["run-output-42", "run-error-48"] {
+        assert!(stderr.lines().any(|l| l == line), "{line} not in {stderr}");
+    }
+    assert_eq!(run_cgroups(pid), Vec::<PathBuf>::new(), "cgroups");
+    assert_nothing_left(store_dir.path());
+}
+
+async fn rkubectl_interrupted_in_a_run_step_leaves_nothing() {
+    let context = run_context(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ENV PATH=/bin\n\
+         RUN echo sleeping && sleep 600\n",
+    );
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = Leftovers(store_dir.path().to_path_buf());
+    let mut child = Command::new(rkubectl_binary())
+        .args(["image", "build", "-t", "t/int:1", "--image-store"])
+        .arg(store_dir.path())
+        .arg(context.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rkubectl");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let output = tokio::task::spawn_blocking(move || {
+        // The step's output shows once it runs and its interruption is watched.
+        let mut reader = BufReader::new(stderr);
+        let mut text = String::new();
+        while !text.lines().any(|line| line == "sleeping") {
+            if reader.read_line(&mut text).expect("read stderr") == 0 {
+                break;
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        reader.read_to_string(&mut text).expect("read stderr");
+        (text, child.wait().expect("wait for rkubectl"))
+    });
+    let (stderr, status) = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("rkubectl ends after Ctrl-C")
+        .expect("join");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("sleeping"), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert_eq!(run_cgroups(pid), Vec::<PathBuf>::new(), "cgroups");
+    assert_nothing_left(store_dir.path());
 }

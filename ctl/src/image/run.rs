@@ -1,16 +1,25 @@
 //! RUN steps: the layers so far are unpacked once per digest (with the node agent's
 //! unpacker, whiteouts included), overlaid with a fresh writable upper directory (the
-//! node agent's [`Rootfs`]), the command runs inside with its own mount, PID, IPC and UTS
-//! namespaces, and the upper directory's changes become the step's layer (overlay
-//! whiteouts and opaque directories turned back into OCI whiteouts).
+//! node agent's [`Rootfs`]), the command runs inside as a container of the node agent's
+//! runtime ([`LocalRuntime::run_oneshot`]: the `shim run` helper, a pod container's
+//! namespaces, capabilities, masked paths and RuntimeDefault seccomp, a cgroup of its
+//! own, the host's network) with its output printed as it runs, and the upper
+//! directory's changes become the step's layer (overlay whiteouts and opaque
+//! directories turned back into OCI whiteouts).
+//!
+//! The helper is this very binary re-executed as `<binary> shim run …`, so every binary
+//! that builds images answers `shim` first (`rkubectl` does; see
+//! [`rkube_nodeagent::shim::main_from_args`]).
 
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rkube_nodeagent::runtime::layer as unpacker;
+use rkube_nodeagent::runtime::oneshot::{self, Oneshot};
 use rkube_nodeagent::runtime::rootfs::Rootfs;
+use rkube_nodeagent::runtime::{LocalRuntime, LocalRuntimeConfig};
 use tracing::{debug, warn};
 
 use super::layer::{self, LayerBuilder};
@@ -31,11 +40,21 @@ pub enum Error {
     },
     #[error("failed to prepare the root filesystem")]
     Rootfs(#[source] rkube_nodeagent::runtime::rootfs::Error),
-    #[error("failed to start {program}")]
-    Spawn {
-        program: String,
+    #[error("cannot find this binary, which runs the container's helper")]
+    ShimBinary(#[source] std::io::Error),
+    #[error("failed to prepare the container runtime under {path}")]
+    Runtime {
+        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: rkube_nodeagent::runtime::Error,
+    },
+    #[error("failed to start a tokio runtime for the step")]
+    Tokio(#[source] std::io::Error),
+    #[error("failed to run {argv:?}")]
+    Container {
+        argv: Vec<String>,
+        #[source]
+        source: oneshot::Error,
     },
     #[error("the command {argv:?} failed with {status}")]
     Failed { argv: Vec<String>, status: String },
@@ -124,40 +143,26 @@ pub fn run_step(store: &Store, layers: &[Layer], spec: &RunSpec) -> Result<Vec<u
     let inside = mounted.rootfs.merged.join(workdir.trim_start_matches('/'));
     std::fs::create_dir_all(&inside).map_err(io(&inside))?;
 
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--mount",
-            "--pid",
-            "--ipc",
-            "--uts",
-            "--fork",
-            "--kill-child",
-        ])
-        .arg(format!("--root={}", mounted.rootfs.merged.display()))
-        .arg(format!("--wd={workdir}"));
-    if !spec.user.is_empty() {
-        let (uid, gid) = spec.user.split_once(':').unwrap_or((&spec.user, "0"));
-        if uid.parse::<u32>().is_err() || gid.parse::<u32>().is_err() {
-            return Err(Error::User(spec.user.clone()));
-        }
-        command.args(["--setgid", gid, "--setuid", uid]);
-    }
-    command.arg("--").args(&spec.argv).env_clear();
-    for pair in &spec.env {
-        if let Some((key, value)) = pair.split_once('=') {
-            command.env(key, value);
-        }
-    }
+    let (uid, gid) = parse_user(&spec.user)?;
+    let run = Oneshot {
+        name: "build".into(),
+        rootfs: mounted.rootfs.merged.clone(),
+        args: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: workdir,
+        uid,
+        gid,
+    };
     debug!(argv = ?spec.argv, "running build step");
-    let status = command.status().map_err(|source| Error::Spawn {
-        program: "unshare (util-linux)".into(),
-        source,
-    })?;
-    if !status.success() {
+    let outcome = run_container(store, &run)?;
+    if outcome.exit_code != 0 {
         return Err(Error::Failed {
             argv: spec.argv.clone(),
-            status: status.to_string(),
+            status: if outcome.oom_killed {
+                format!("exit code {} (killed: out of memory)", outcome.exit_code)
+            } else {
+                format!("exit code {}", outcome.exit_code)
+            },
         });
     }
     let mut builder = LayerBuilder::default();
@@ -166,6 +171,64 @@ pub fn run_step(store: &Store, layers: &[Layer], spec: &RunSpec) -> Result<Vec<u
     let tar = builder.into_tar()?;
     drop(mounted);
     Ok(tar)
+}
+
+/// `uid[:gid]` of USER (empty: root; gid 0 when only the uid is given).
+///
+/// # Errors
+/// [`Error::User`] for a user name or anything else that is not a number.
+fn parse_user(user: &str) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+    match (uid.parse(), gid.parse()) {
+        (Ok(uid), Ok(gid)) => Ok((uid, gid)),
+        _ => Err(Error::User(user.to_string())),
+    }
+}
+
+/// Runs `run` with the node agent's runtime (state under `<store>/runtime`, this binary
+/// as the helper), printing its output to stderr as it comes; Ctrl-C kills it. Blocks:
+/// call it on a blocking thread (a build's steps run on one) or outside tokio.
+fn run_container(store: &Store, run: &Oneshot) -> Result<oneshot::Outcome> {
+    let shim_binary = std::env::current_exe().map_err(Error::ShimBinary)?;
+    let root_dir = store.root().join("runtime");
+    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+        root_dir: root_dir.clone(),
+        insecure_registries: Vec::new(),
+        shim_binary,
+        favor_dynamic_cgroups: false,
+    })
+    .map_err(|source| Error::Runtime {
+        path: root_dir,
+        source,
+    })?;
+    let print = |bytes: &[u8]| {
+        let mut stderr = std::io::stderr().lock();
+        // Output the user cannot see is no reason to fail the build.
+        let _ = stderr.write_all(bytes);
+        let _ = stderr.flush();
+    };
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling: never interrupted.
+            std::future::pending::<()>().await;
+        }
+    };
+    let step = runtime.run_oneshot(run, print, interrupted);
+    let outcome = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(step),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Tokio)?
+            .block_on(step),
+    };
+    outcome.map_err(|source| Error::Container {
+        argv: run.args.clone(),
+        source,
+    })
 }
 
 /// The unpacked directory of `layer` (unpacked once, under `<store>/layers/`).
@@ -244,4 +307,25 @@ fn diff(dir: &Path, prefix: &str, builder: &mut LayerBuilder) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_numeric_uid_and_optional_gid() {
+        let cases = [
+            ("", Some((0, 0))),
+            ("1000", Some((1000, 0))),
+            ("1000:1001", Some((1000, 1001))),
+            ("0:0", Some((0, 0))),
+            ("nobody", None),
+            ("1000:staff", None),
+            ("-1", None),
+        ];
+        for (user, want) in cases {
+            assert_eq!(parse_user(user).ok(), want, "{user:?}");
+        }
+    }
 }
