@@ -1135,3 +1135,278 @@ async fn logs_and_exec_through_the_node_agent() {
         .await;
     assert!(err.contains("cannot run"), "{err}");
 }
+
+/// A Deployment with the given labels, env vars of the `app` container and, when
+/// `sidecar`, a second container. The command holds `>` and `&&`, which Go's JSON
+/// escapes in the last-applied annotation.
+fn app(name: &str, labels: &[&str], env: &[&str], sidecar: bool) -> String {
+    let labels: String = labels
+        .iter()
+        .map(|l| format!("\n    {l}: \"yes\""))
+        .collect();
+    let env: String = env
+        .iter()
+        .map(|e| format!("\n        - name: {e}\n          value: \"v-{e}\""))
+        .collect();
+    let sidecar = if sidecar {
+        "\n      - name: sidecar\n        image: busybox:1.36"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels:
+    app: {name}{labels}
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+      - name: app
+        image: busybox:1.36
+        command: ["sh", "-c", "echo ok > /tmp/ok && sleep 3600"]
+        ports:
+        - containerPort: 8080
+        env:{env}{sidecar}
+"#
+    )
+}
+
+fn names(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .map(|e| e[field].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn label_keys(object: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = object["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_removes_what_the_manifest_no_longer_has() {
+    let k = kube().await;
+    let v1 = app("web", &["tier", "team"], &["A", "B"], true);
+    let out = k.stdin_ok(&["apply", "-f", "-"], &v1).await;
+    assert_eq!(out, "deployment.apps/web created\n");
+    let d = k.json(&["get", "deploy", "web"]).await;
+    let annotation = d["metadata"]["annotations"]
+        ["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .expect("apply stores the last-applied configuration")
+        .to_owned();
+    assert!(annotation.ends_with("}\n"), "{annotation}");
+    assert!(
+        annotation.contains(r#""metadata":{"annotations":{},"labels""#)
+            && annotation.contains(r#""namespace":"default""#)
+            && annotation.contains(r#"echo ok \u003e /tmp/ok \u0026\u0026 sleep 3600"#),
+        "{annotation}"
+    );
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v1).await,
+        "deployment.apps/web unchanged\n"
+    );
+
+    // A field the manifest does not set, changed by someone else, is kept.
+    k.ok(&["scale", "deploy", "web", "--replicas", "3"]).await;
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v1).await,
+        "deployment.apps/web unchanged\n"
+    );
+    // A label someone else added is kept too.
+    k.ok(&["label", "deploy", "web", "owner=ops"]).await;
+
+    // One label, one env var and the sidecar removed from the manifest.
+    let v2 = app("web", &["tier"], &["A"], false);
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v2).await,
+        "deployment.apps/web configured\n"
+    );
+    let d = k.json(&["get", "deploy", "web"]).await;
+    assert_eq!(label_keys(&d), ["app", "owner", "tier"], "{d}");
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(names(&spec["containers"], "name"), ["app"], "{d}");
+    assert_eq!(names(&spec["containers"][0]["env"], "name"), ["A"], "{d}");
+    assert_eq!(spec["containers"][0]["env"][0]["value"], "v-A", "{d}");
+    assert_eq!(
+        spec["containers"][0]["ports"][0]["containerPort"], 8080,
+        "{d}"
+    );
+    assert_eq!(d["spec"]["replicas"], 3, "{d}");
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v2).await,
+        "deployment.apps/web unchanged\n"
+    );
+
+    // Adding back and reordering: the manifest's order wins.
+    let v3 = app("web", &["tier"], &["C", "A"], true);
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v3).await,
+        "deployment.apps/web configured\n"
+    );
+    let d = k.json(&["get", "deploy", "web"]).await;
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        names(&spec["containers"], "name"),
+        ["app", "sidecar"],
+        "{d}"
+    );
+    assert_eq!(
+        names(&spec["containers"][0]["env"], "name"),
+        ["C", "A"],
+        "{d}"
+    );
+
+    // A field the manifest stops setting is deleted, even when someone changed it.
+    let with_replicas = v3.replace("spec:\n  selector:", "spec:\n  replicas: 2\n  selector:");
+    k.stdin_ok(&["apply", "-f", "-"], &with_replicas).await;
+    assert_eq!(
+        k.json(&["get", "deploy", "web"]).await["spec"]["replicas"],
+        2
+    );
+    k.ok(&["scale", "deploy", "web", "--replicas", "4"]).await;
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v3).await,
+        "deployment.apps/web configured\n"
+    );
+    // Deleted from the object, the server defaults it again.
+    assert_eq!(
+        k.json(&["get", "deploy", "web"]).await["spec"]["replicas"],
+        1
+    );
+
+    // An object created without apply is patched (nothing is deleted) and annotated.
+    let plain = app("plain", &["tier", "team"], &["A"], false);
+    k.stdin_ok(&["create", "-f", "-"], &plain).await;
+    let out = k
+        .run_with(
+            &["apply", "-f", "-"],
+            Some(&app("plain", &["tier"], &["A"], false)),
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), "deployment.apps/plain configured\n");
+    assert!(
+        stderr(&out).contains("Warning: deployments.apps/plain has no kubectl.kubernetes.io/last-applied-configuration annotation"),
+        "{}",
+        text(&out)
+    );
+    let d = k.json(&["get", "deploy", "plain"]).await;
+    assert_eq!(label_keys(&d), ["app", "team", "tier"], "{d}");
+    assert!(
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string(),
+        "{d}"
+    );
+    // From now on, removals are seen.
+    let out = k
+        .stdin_ok(&["apply", "-f", "-"], &app("plain", &[], &["A"], false))
+        .await;
+    assert_eq!(out, "deployment.apps/plain configured\n");
+    assert_eq!(
+        label_keys(&k.json(&["get", "deploy", "plain"]).await),
+        ["app", "team"]
+    );
+}
+
+impl Kube {
+    /// Runs /usr/bin/kubectl with `manifest` on stdin and insists that it succeeded.
+    async fn kubectl_stdin_ok(&self, args: &[&str], manifest: &str) -> String {
+        let out = tokio::task::block_in_place(|| self.api.kubectl_stdin(args, manifest));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}",
+            text(&out)
+        );
+        stdout(&out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_takes_turns_with_kubectl_apply() {
+    let k = kube().await;
+    let annotation = |d: &Value| {
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].clone()
+    };
+
+    // rkubectl first, then kubectl: the same file is unchanged for kubectl (the same
+    // annotation bytes), and kubectl's removals use rkubectl's annotation.
+    let v1 = app("one", &["tier", "team"], &["A", "B"], true);
+    let v2 = app("one", &["tier"], &["A"], false);
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v1).await,
+        "deployment.apps/one created\n"
+    );
+    let ours = annotation(&k.json(&["get", "deploy", "one"]).await);
+    assert_eq!(
+        k.kubectl_stdin_ok(&["apply", "-f", "-"], &v1).await,
+        "deployment.apps/one unchanged\n"
+    );
+    assert_eq!(
+        k.kubectl_stdin_ok(&["apply", "-f", "-"], &v2).await,
+        "deployment.apps/one configured\n"
+    );
+    let d = k.json(&["get", "deploy", "one"]).await;
+    assert_eq!(label_keys(&d), ["app", "tier"], "{d}");
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(names(&spec["containers"], "name"), ["app"], "{d}");
+    assert_eq!(names(&spec["containers"][0]["env"], "name"), ["A"], "{d}");
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v2).await,
+        "deployment.apps/one unchanged\n"
+    );
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &v1).await,
+        "deployment.apps/one configured\n"
+    );
+    let d = k.json(&["get", "deploy", "one"]).await;
+    assert_eq!(annotation(&d), ours, "{d}");
+    assert_eq!(label_keys(&d), ["app", "team", "tier"], "{d}");
+
+    // kubectl first, then rkubectl.
+    let w1 = app("two", &["tier", "team"], &["A", "B"], true);
+    let w2 = app("two", &["team"], &["B"], false);
+    assert_eq!(
+        k.kubectl_stdin_ok(&["apply", "-f", "-"], &w1).await,
+        "deployment.apps/two created\n"
+    );
+    let theirs = annotation(&k.json(&["get", "deploy", "two"]).await);
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &w1).await,
+        "deployment.apps/two unchanged\n"
+    );
+    assert_eq!(
+        k.stdin_ok(&["apply", "-f", "-"], &w2).await,
+        "deployment.apps/two configured\n"
+    );
+    let d = k.json(&["get", "deploy", "two"]).await;
+    assert_eq!(label_keys(&d), ["app", "team"], "{d}");
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(names(&spec["containers"], "name"), ["app"], "{d}");
+    assert_eq!(names(&spec["containers"][0]["env"], "name"), ["B"], "{d}");
+    assert_eq!(
+        k.kubectl_stdin_ok(&["apply", "-f", "-"], &w2).await,
+        "deployment.apps/two unchanged\n"
+    );
+    assert_eq!(
+        k.kubectl_stdin_ok(&["apply", "-f", "-"], &w1).await,
+        "deployment.apps/two configured\n"
+    );
+    assert_eq!(annotation(&k.json(&["get", "deploy", "two"]).await), theirs);
+}

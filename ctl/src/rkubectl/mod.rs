@@ -60,7 +60,7 @@ pub struct Cli {
 pub enum Verb {
     /// Display one or many resources.
     Get(get::GetArgs),
-    /// Apply a configuration to resources from files or stdin (server-side apply).
+    /// Apply a configuration to resources from files or stdin (client-side apply).
     Apply(apply::FileArgs),
     /// Create resources from files or stdin.
     Create(apply::FileArgs),
