@@ -159,7 +159,8 @@ Anonymous:             0 kB
 
     #[test]
     fn a_mapping_without_an_anonymous_line_is_kept() {
-        let truncated = "5584f164f000-5584f1651000 r--p 00000000 fe:00 247282 /usr/bin/agent\nRss: 8 kB\n";
+        let truncated =
+            "5584f164f000-5584f1651000 r--p 00000000 fe:00 247282 /usr/bin/agent\nRss: 8 kB\n";
         assert!(droppable(truncated).is_empty());
     }
 }
