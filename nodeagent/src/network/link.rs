@@ -579,8 +579,8 @@ impl Netlink {
     }
 
     /// Creates veth pair `host`–`peer` (replacing a leftover `host`) with `peer` made
-    /// directly inside the namespace at `netns`, and puts `host` on bridge `bridge` and
-    /// up.
+    /// directly inside the namespace at `netns`; `host` stays down, off any bridge (see
+    /// [`Netlink::attach_to_bridge`]).
     ///
     /// The peer is born in the pod's namespace rather than moved there: moving a device
     /// between namespaces waits for an RCU grace period under the kernel's global
@@ -589,14 +589,7 @@ impl Netlink {
     ///
     /// # Errors
     /// When the namespace cannot be opened or a netlink request fails.
-    pub async fn create_veth(
-        &self,
-        host: &str,
-        peer: &str,
-        bridge: u32,
-        mtu: u32,
-        netns: &Path,
-    ) -> Result<()> {
+    pub async fn create_veth(&self, host: &str, peer: &str, mtu: u32, netns: &Path) -> Result<()> {
         self.delete_link(host).await?;
         let namespace = std::fs::File::open(netns).map_err(|source| Error::OpenNetns {
             path: netns.to_path_buf(),
@@ -617,8 +610,18 @@ impl Netlink {
             )
             .execute()
             .await
-            .map_err(netlink(format!("create veth {host} into {}", netns.display())))?;
-        disable_ipv6(host)?;
+            .map_err(netlink(format!(
+                "create veth {host} into {}",
+                netns.display()
+            )))?;
+        Ok(())
+    }
+
+    /// Puts the host end `host` of a pod's veth on bridge `bridge`, with hairpin, and up.
+    ///
+    /// # Errors
+    /// When a netlink request fails.
+    pub async fn attach_to_bridge(&self, host: &str, bridge: u32, mtu: u32) -> Result<()> {
         let host_index = self.index(host).await?;
         self.handle
             .link()
