@@ -3,7 +3,10 @@
 //! agents as detached local processes under one state directory. Each node agent runs
 //! in its own network namespace on an underlay bridge ([`underlay`]), so one machine
 //! holds a multi-node cluster; the control plane and the registry listen on the host at
-//! the bridge address.
+//! the bridge address, the registry on a well-known port ([`DEFAULT_REGISTRY_PORT`]) so
+//! that manifests can name its images (`10.250.0.1:5000/hello:1.0.0` with the default
+//! underlay). `up` returns once every node is Ready and has published its pod network
+//! (podCIDR and overlay annotations, see [`crate::netcheck`]).
 //!
 //! State directory layout:
 //!
@@ -24,6 +27,7 @@
 pub mod nodes;
 pub mod underlay;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -37,6 +41,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::kubeconfig;
+use crate::netcheck;
 use crate::pki::{self, ClusterPki, Component, CONTEXT_NAME};
 use underlay::{Cidr, IpCommand, Names, Net};
 
@@ -133,6 +138,19 @@ pub enum Error {
     NodesNotReady { timeout: Duration, waiting: String },
     #[error("mounts are left under {path} ({mounts}); refusing to remove it")]
     MountsLeft { path: PathBuf, mounts: String },
+    #[error("the lab registry's port {port} is taken on {host} (another registry or program listens there); free it, or pick another port with `rkube up --registry-port PORT` (0 picks a free one)")]
+    RegistryPortTaken {
+        host: IpAddr,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the lab in {state_dir} runs its registry at {running}, not on port {wanted}; run `rkube down` first, or pass its port to `--registry-port`")]
+    RegistryPortMismatch {
+        state_dir: PathBuf,
+        running: String,
+        wanted: u16,
+    },
 }
 
 /// The result type of this module.
@@ -170,6 +188,9 @@ pub struct LabConfig {
     pub underlay: Cidr,
     /// The pod network the controller-manager splits into per-node podCIDRs.
     pub cluster_cidr: String,
+    /// The registry's port on the host address ([`DEFAULT_REGISTRY_PORT`]); 0 picks a
+    /// free one (tests, so that parallel labs do not collide).
+    pub registry_port: u16,
     /// The `docker-registry` binary.
     pub registry_binary: PathBuf,
     /// The `nsenter` binary that starts each agent inside its node's namespace.
@@ -188,6 +209,9 @@ pub const SERVICE_CIDR: Cidr = Cidr {
 };
 /// The default cluster (pod) CIDR.
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The lab registry's default port: with the default underlay, images live at
+/// `10.250.0.1:5000/<name>:<tag>` (what `manifests/hello/deployment.yaml` names).
+pub const DEFAULT_REGISTRY_PORT: u16 = 5000;
 
 impl LabConfig {
     /// The defaults for a state directory: local etcd on 2379/2380, apiserver on 6443,
@@ -211,6 +235,7 @@ impl LabConfig {
             node_memory: None,
             underlay: DEFAULT_UNDERLAY,
             cluster_cidr: DEFAULT_CLUSTER_CIDR.to_string(),
+            registry_port: DEFAULT_REGISTRY_PORT,
             registry_binary: PathBuf::from("/usr/bin/docker-registry"),
             nsenter_binary: PathBuf::from("/usr/bin/nsenter"),
         }
@@ -431,6 +456,25 @@ pub async fn up_with_progress(
     let net = IpCommand;
     let (record, removed_nodes) = prepare_underlay(config, &net, progress).await?;
 
+    // The registry's address first: a taken port fails `up` before anything starts.
+    let registry_plan = match running_pid(config, REGISTRY) {
+        Some(_) => {
+            let running = fs::read_to_string(config.recorded_registry())
+                .map(|s| s.trim().to_string())
+                .map_err(io_err("read", &config.recorded_registry()))?;
+            // The agents were started with this address; another port needs a new lab.
+            if config.registry_port != 0 && addr_port(&running) != Some(config.registry_port) {
+                return Err(Error::RegistryPortMismatch {
+                    state_dir: config.state_dir.clone(),
+                    running,
+                    wanted: config.registry_port,
+                });
+            }
+            RegistryPlan::Running(running)
+        }
+        None => RegistryPlan::Start(registry_port(config)?),
+    };
+
     let hosts: Vec<String> = match &record {
         Some(_) => vec![config.underlay.bridge_ip().to_string()],
         None => Vec::new(),
@@ -498,12 +542,10 @@ pub async fn up_with_progress(
     }
     wait_started(config, components).await?;
 
-    let registry = match running_pid(config, REGISTRY) {
-        Some(_) => fs::read_to_string(config.recorded_registry())
-            .map(|s| s.trim().to_string())
-            .map_err(io_err("read", &config.recorded_registry()))?,
-        None => {
-            let addr = start_registry(config).await?;
+    let registry = match registry_plan {
+        RegistryPlan::Running(addr) => addr,
+        RegistryPlan::Start(port) => {
+            let addr = start_registry(config, port).await?;
             progress(&format!("started {REGISTRY} at {addr}"));
             started.push(REGISTRY.to_string());
             addr
@@ -660,16 +702,66 @@ async fn prepare_underlay(
     Ok((Some(planned), removed))
 }
 
-/// Starts `docker-registry` on a free port of the host address, with its storage under
-/// the state dir; returns its `host:port` once it accepts connections.
-async fn start_registry(config: &LabConfig) -> Result<String> {
+/// What `up` does about the registry, decided before anything starts.
+enum RegistryPlan {
+    /// It runs at this `host:port`.
+    Running(String),
+    /// Start it on this port (found free).
+    Start(u16),
+}
+
+/// The port of a `host:port`.
+fn addr_port(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The port the registry will listen on, checked free on the host address:
+/// `config.registry_port`, or with 0 the port a crashed registry of this lab had (the
+/// agents know that address) if it is free, else any free one.
+///
+/// # Errors
+/// [`Error::RegistryPortTaken`] when the asked-for port is in use.
+fn registry_port(config: &LabConfig) -> Result<u16> {
+    let host = config.host_ip();
+    let dir = config.state_dir.join("registry");
+    if config.registry_port != 0 {
+        return match std::net::TcpListener::bind((host, config.registry_port)) {
+            Ok(_) => Ok(config.registry_port),
+            Err(source) if source.kind() == io::ErrorKind::AddrInUse => {
+                Err(Error::RegistryPortTaken {
+                    host,
+                    port: config.registry_port,
+                    source,
+                })
+            }
+            Err(source) => Err(Error::Io {
+                action: "bind the registry's port for",
+                path: dir,
+                source,
+            }),
+        };
+    }
+    let previous = fs::read_to_string(config.recorded_registry())
+        .ok()
+        .filter(|addr| addr.trim().starts_with(&format!("{host}:")))
+        .and_then(|addr| addr_port(addr.trim()));
+    if let Some(port) = previous {
+        if std::net::TcpListener::bind((host, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Ok(std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(io_err("pick a port for", &dir))?
+        .port())
+}
+
+/// Starts `docker-registry` on `port` ([`registry_port`]) of the host address, with its storage
+/// under the state dir; returns its `host:port` once it accepts connections.
+async fn start_registry(config: &LabConfig, port: u16) -> Result<String> {
     let dir = config.state_dir.join("registry");
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let host = config.host_ip();
-    let port = std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(io_err("pick a port for", &dir))?
-        .port();
     let addr = format!("{host}:{port}");
     let registry_config = dir.join("config.yml");
     fs::write(
@@ -695,8 +787,15 @@ async fn start_registry(config: &LabConfig) -> Result<String> {
     Ok(addr)
 }
 
-/// Polls the Nodes until each of `nodes` is Ready, reporting each registration and
-/// readiness; fails early when an agent started by this `up` exits.
+/// How long `up` waits, once every node has published, for every node's VXLAN device to
+/// hold the entries for every other node; past it `up` returns anyway, pointing at
+/// `rkube net check`.
+pub const OVERLAY_WAIT: Duration = Duration::from_secs(10);
+
+/// Polls the Nodes until each of `nodes` is Ready and has published its podCIDR and
+/// overlay annotations ([`netcheck::missing`]), reporting each registration, readiness
+/// and publication; fails early when an agent started by this `up` exits. Then waits up
+/// to [`OVERLAY_WAIT`] for the overlay entries ([`wait_overlay_programmed`]).
 async fn wait_nodes_ready(
     config: &LabConfig,
     http: &reqwest::Client,
@@ -707,8 +806,13 @@ async fn wait_nodes_ready(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
+    let netns: BTreeMap<String, String> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.netns.clone()))
+        .collect();
     let mut registered = Vec::new();
     let mut ready = Vec::new();
+    let mut published = Vec::new();
     loop {
         for (process, child) in &mut agents {
             if let Ok(Some(status)) = child.try_wait() {
@@ -722,8 +826,13 @@ async fn wait_nodes_ready(
                 });
             }
         }
-        for (name, is_ready) in node_readiness(http, server, token).await {
-            if !nodes.iter().any(|n| n.name == name) {
+        let list = node_list(http, server, token).await;
+        let views = list
+            .as_ref()
+            .map(|list| netcheck::views_from_node_list(&netns, list))
+            .unwrap_or_default();
+        for (name, is_ready) in list.as_ref().map(node_readiness).unwrap_or_default() {
+            if !netns.contains_key(&name) {
                 continue;
             }
             if !registered.contains(&name) {
@@ -732,17 +841,45 @@ async fn wait_nodes_ready(
             }
             if is_ready && !ready.contains(&name) {
                 progress(&format!("node {name} is Ready"));
-                ready.push(name);
+                ready.push(name.clone());
+            }
+            let view = views.iter().find(|v| v.name == name);
+            if let Some(view) = view.filter(|v| netcheck::missing(v).is_empty()) {
+                if !published.contains(&name) {
+                    let (network, prefix) = view.pod_cidr.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+                    progress(&format!(
+                        "node {name} published its pod network (podCIDR {network}/{prefix})"
+                    ));
+                    published.push(name);
+                }
             }
         }
-        if ready.len() == nodes.len() {
-            return Ok(());
+        let done =
+            |name: &str| ready.iter().any(|r| r == name) && published.iter().any(|p| p == name);
+        if nodes.iter().all(|n| done(&n.name)) {
+            break;
         }
         if Instant::now() >= deadline {
-            let waiting: Vec<&str> = nodes
+            let waiting: Vec<String> = nodes
                 .iter()
-                .map(|n| n.name.as_str())
-                .filter(|n| !ready.iter().any(|r| r == n))
+                .filter(|n| !done(&n.name))
+                .map(|n| {
+                    let lacks = views
+                        .iter()
+                        .find(|v| v.name == n.name)
+                        .map(netcheck::missing)
+                        .unwrap_or_default();
+                    let mut why = Vec::new();
+                    if !registered.contains(&n.name) {
+                        why.push("not registered".to_string());
+                    } else if !ready.contains(&n.name) {
+                        why.push("not Ready".to_string());
+                    }
+                    if !lacks.is_empty() {
+                        why.push(format!("lacks {}", lacks.join(", ")));
+                    }
+                    format!("{} ({})", n.name, why.join("; "))
+                })
                 .collect();
             return Err(Error::NodesNotReady {
                 timeout: READY_TIMEOUT,
@@ -755,22 +892,68 @@ async fn wait_nodes_ready(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    if nodes.len() > 1 {
+        wait_overlay_programmed(http, server, token, &netns, progress).await;
+    }
+    Ok(())
 }
 
-/// Each Node's name and whether its Ready condition is True (empty when the apiserver
-/// cannot be asked).
-async fn node_readiness(http: &reqwest::Client, server: &str, token: &str) -> Vec<(String, bool)> {
-    let Ok(resp) = http
+/// Waits up to [`OVERLAY_WAIT`] until every node's VXLAN device holds the FDB,
+/// neighbour and route entries for every other node (the agents add them as they see
+/// the others' annotations); reports either way, never fails.
+async fn wait_overlay_programmed(
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+    netns: &BTreeMap<String, String>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) {
+    let deadline = Instant::now() + OVERLAY_WAIT;
+    loop {
+        let pending = match node_list(http, server, token).await {
+            Some(list) => {
+                let views = netcheck::views_from_node_list(netns, &list);
+                // `ip` and `bridge` block: off the runtime thread.
+                let pending = tokio::task::spawn_blocking(move || {
+                    netcheck::unprogrammed(&views, &netcheck::IpProbe)
+                })
+                .await;
+                match pending {
+                    Ok(pending) if pending.is_empty() => {
+                        progress("the overlay connects every node");
+                        return;
+                    }
+                    Ok(pending) => netcheck::render(&pending),
+                    Err(err) => format!("the overlay check failed: {err}"),
+                }
+            }
+            None => "the apiserver does not list the Nodes".to_string(),
+        };
+        if Instant::now() >= deadline {
+            progress(&format!(
+                "the overlay is still incomplete after {}s (run `rkube net check`):\n{}",
+                OVERLAY_WAIT.as_secs(),
+                pending.trim_end()
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /api/v1/nodes` (`None` when the apiserver cannot be asked).
+async fn node_list(http: &reqwest::Client, server: &str, token: &str) -> Option<serde_json::Value> {
+    let resp = http
         .get(format!("{server}/api/v1/nodes"))
         .bearer_auth(token)
         .send()
         .await
-    else {
-        return Vec::new();
-    };
-    let Ok(list) = resp.json::<serde_json::Value>().await else {
-        return Vec::new();
-    };
+        .ok()?;
+    resp.error_for_status().ok()?.json().await.ok()
+}
+
+/// Each Node's name and whether its Ready condition is True.
+fn node_readiness(list: &serde_json::Value) -> Vec<(String, bool)> {
     let items = list["items"].as_array().cloned().unwrap_or_default();
     items
         .iter()
@@ -996,7 +1179,13 @@ pub async fn status(config: &LabConfig) -> Result<StatusReport> {
             let http = http_client(pki.ca_pem())?;
             let ready = ready(&http, &format!("{server}/readyz")).await;
             if ready {
-                readiness = Some(node_readiness(&http, &server, pki.admin_token()).await);
+                readiness = Some(
+                    node_list(&http, &server, pki.admin_token())
+                        .await
+                        .as_ref()
+                        .map(node_readiness)
+                        .unwrap_or_default(),
+                );
             }
             ready
         }
@@ -1311,7 +1500,72 @@ mod tests {
     fn config(dir: &Path) -> LabConfig {
         let mut config = LabConfig::new(dir.join("state"));
         config.kubeconfig = Some(dir.join("kubeconfig"));
+        // Tests never contend for the well-known port.
+        config.registry_port = 0;
         config
+    }
+
+    #[test]
+    fn a_taken_registry_port_is_named_with_the_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config(dir.path());
+        // Without nodes the lab's host address is 127.0.0.1.
+        let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        config.registry_port = port;
+        let err = registry_port(&config).expect_err("the port is taken");
+        assert!(
+            matches!(err, Error::RegistryPortTaken { port: p, .. } if p == port),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("port {port} is taken on 127.0.0.1"))
+                && message.contains("--registry-port"),
+            "{message}"
+        );
+        drop(taken);
+        assert_eq!(registry_port(&config).expect("free now"), port);
+
+        // 0: the port of this lab's last registry while it is free, else any free one.
+        config.registry_port = 0;
+        fs::create_dir_all(&config.state_dir).expect("mkdir");
+        fs::write(config.recorded_registry(), format!("127.0.0.1:{port}\n")).expect("write");
+        assert_eq!(registry_port(&config).expect("recorded"), port);
+        let _taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("rebind");
+        let other = registry_port(&config).expect("another");
+        assert!(other != port && other != 0, "{other}");
+    }
+
+    #[test]
+    fn the_hello_deployment_names_the_default_registry() {
+        let manifest = include_str!("../../manifests/hello/deployment.yaml");
+        let registry = format!("{}:{DEFAULT_REGISTRY_PORT}", DEFAULT_UNDERLAY.bridge_ip());
+        assert_eq!(registry, "10.250.0.1:5000");
+        assert!(
+            manifest.contains(&format!("image: {registry}/hello:1.0.0")),
+            "manifests/hello/deployment.yaml names {registry}/hello:1.0.0"
+        );
+    }
+
+    #[tokio::test]
+    async fn up_refuses_a_taken_registry_port_before_starting_anything() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config(dir.path());
+        // Were etcd started, `false` would fail `up` with `Exited` instead.
+        config.etcd_binary = PathBuf::from("/bin/false");
+        config.bin_dir = dir.path().join("bin");
+        fs::create_dir_all(&config.bin_dir).expect("mkdir");
+        fs::write(config.bin_dir.join(APISERVER), "").expect("write stand-in binary");
+        let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        config.registry_port = taken.local_addr().expect("addr").port();
+        match up(&config).await {
+            Err(Error::RegistryPortTaken { port, .. }) => {
+                assert_eq!(port, config.registry_port)
+            }
+            other => panic!("want a taken registry port, got {other:?}"),
+        }
+        assert!(!config.log_file(ETCD).exists(), "etcd was not started");
     }
 
     #[test]

@@ -45,7 +45,8 @@ struct NetArgs {
 enum NetVerb {
     /// For every ordered pair of lab nodes, walk the overlay path (Node annotations,
     /// FDB, neighbour, route, underlay ping, overlay ping, overlay MTU) and name the
-    /// first broken hop; exits non-zero when any pair is broken. Needs root.
+    /// first broken hop; exits non-zero when any pair is broken. Waits up to 20 s for
+    /// Ready nodes to publish their podCIDR and annotations first. Needs root.
     Check(StateArgs),
 }
 
@@ -113,6 +114,10 @@ struct UpArgs {
     /// The pod network, split into one podCIDR per node.
     #[arg(long, default_value = lab::DEFAULT_CLUSTER_CIDR)]
     cluster_cidr: String,
+    /// Port of the lab registry on the bridge address (with the default underlay images
+    /// are `10.250.0.1:5000/NAME:TAG`); 0 picks a free one.
+    #[arg(long, default_value_t = lab::DEFAULT_REGISTRY_PORT)]
+    registry_port: u16,
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -160,16 +165,26 @@ async fn net_check(config: &LabConfig) -> anyhow::Result<usize> {
         .build()
         .context("build the HTTP client")?;
     let url = format!("{}/api/v1/nodes", status.server);
-    let node_list: serde_json::Value = http
-        .get(&url)
-        .bearer_auth(pki.admin_token())
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("list the Nodes at {url}"))?
-        .json()
-        .await
-        .context("decode the NodeList")?;
+    let fetch = || async {
+        http.get(&url)
+            .bearer_auth(pki.admin_token())
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("list the Nodes at {url}"))?
+            .json::<serde_json::Value>()
+            .await
+            .context("decode the NodeList")
+    };
+    // A node publishes its annotations a moment after it turns Ready.
+    let node_list = rkube_ctl::netcheck::wait_for_publication(
+        &nodes,
+        fetch,
+        rkube_ctl::netcheck::PUBLISH_WAIT,
+        std::time::Duration::from_millis(250),
+        &mut |line| eprintln!("{line}"),
+    )
+    .await?;
     // The probes run `ip` and `ping` and block; keep them off the runtime thread.
     let results =
         tokio::task::spawn_blocking(move || rkube_ctl::netcheck::check_lab(&nodes, &node_list))
@@ -201,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             config.node_memory = args.node_memory;
             config.underlay = args.underlay_cidr;
             config.cluster_cidr = args.cluster_cidr;
+            config.registry_port = args.registry_port;
             let started = std::time::Instant::now();
             let mut progress = |step: &str| {
                 println!("[{:5.1}s] {step}", started.elapsed().as_secs_f64());

@@ -14,17 +14,29 @@
 //!
 //! The kernel is read and probed through a [`Probe`]; [`IpProbe`] runs `ip`, `bridge`
 //! and `ping` inside each node's network namespace (`ip -n`, `ip netns exec`).
+//!
+//! A node publishes its annotations a moment after it turns Ready (its agent waits for
+//! the podCIDR first), so the check first waits, up to [`PUBLISH_WAIT`], for every Ready
+//! node to publish ([`wait_for_publication`]); `rkube up` waits for the same, and then
+//! until every node's VXLAN device has the entries for every other node
+//! ([`unprogrammed`]), so a check right after `up` finds nothing half-done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The node agents' VXLAN device and bridge (see the node agent's `network` module).
 pub const VXLAN_DEVICE: &str = "rkube.1";
 pub const BRIDGE: &str = "rkube0";
-const VTEP_MAC_ANNOTATION: &str = "rkube.io/vtep-mac";
-const UNDERLAY_IP_ANNOTATION: &str = "rkube.io/underlay-ip";
+pub const VTEP_MAC_ANNOTATION: &str = "rkube.io/vtep-mac";
+pub const UNDERLAY_IP_ANNOTATION: &str = "rkube.io/underlay-ip";
+/// What a Node without a `spec.podCIDR` lacks, in [`missing`]'s list.
+pub const POD_CIDR: &str = "podCIDR";
+/// How long `rkube net check` waits for Ready nodes to publish their annotations.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(20);
 
 /// A lab node as the check sees it: its namespace and what its Node object says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +87,126 @@ pub fn views_from_node_list(
             }
         })
         .collect()
+}
+
+/// What `view`'s Node still lacks for the overlay: [`POD_CIDR`],
+/// [`VTEP_MAC_ANNOTATION`], [`UNDERLAY_IP_ANNOTATION`] (empty when it has all three).
+pub fn missing(view: &NodeView) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if view.pod_cidr.is_none() {
+        missing.push(POD_CIDR);
+    }
+    if view.vtep_mac.is_none() {
+        missing.push(VTEP_MAC_ANNOTATION);
+    }
+    if view.underlay_ip.is_none() {
+        missing.push(UNDERLAY_IP_ANNOTATION);
+    }
+    missing
+}
+
+/// The names of the Nodes of a `NodeList` whose Ready condition is True.
+pub fn ready_nodes(node_list: &serde_json::Value) -> BTreeSet<String> {
+    node_list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|node| {
+            node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|node| node["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The Ready nodes among `nodes` (name → netns) that have not published everything
+/// yet, with what each lacks.
+pub fn unpublished(
+    nodes: &BTreeMap<String, String>,
+    node_list: &serde_json::Value,
+) -> BTreeMap<String, Vec<&'static str>> {
+    let ready = ready_nodes(node_list);
+    views_from_node_list(nodes, node_list)
+        .iter()
+        .filter(|view| ready.contains(&view.name))
+        .map(|view| (view.name.clone(), missing(view)))
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect()
+}
+
+/// `node-1 (podCIDR, rkube.io/vtep-mac), node-2 (…)`.
+pub fn describe_unpublished(unpublished: &BTreeMap<String, Vec<&'static str>>) -> String {
+    unpublished
+        .iter()
+        .map(|(name, missing)| format!("{name} ({})", missing.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fetches the `NodeList` with `fetch` until every Ready node among `nodes` (name →
+/// netns) has its podCIDR and annotations, or `timeout` has passed, polling every
+/// `interval`; returns the last list. `report` hears what is awaited whenever that
+/// changes, and what is still missing when the time is up (the check then reports those
+/// nodes as broken at [`Hop::Annotations`]). Nodes that are not Ready are not awaited.
+///
+/// # Errors
+/// The first error of `fetch`.
+pub async fn wait_for_publication<F, Fut, E>(
+    nodes: &BTreeMap<String, String>,
+    mut fetch: F,
+    timeout: Duration,
+    interval: Duration,
+    report: &mut dyn FnMut(&str),
+) -> Result<serde_json::Value, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<serde_json::Value, E>>,
+{
+    let started = Instant::now();
+    let mut reported = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let list = fetch().await?;
+        if first {
+            let ready = ready_nodes(&list);
+            let not_ready: Vec<&str> = nodes
+                .keys()
+                .filter(|name| !ready.contains(*name))
+                .map(String::as_str)
+                .collect();
+            if !not_ready.is_empty() {
+                report(&format!(
+                    "not waiting for nodes that are not Ready: {}",
+                    not_ready.join(", ")
+                ));
+            }
+            first = false;
+        }
+        let waiting = unpublished(nodes, &list);
+        if waiting.is_empty() {
+            return Ok(list);
+        }
+        if started.elapsed() >= timeout {
+            report(&format!(
+                "still unpublished after {}s: {}",
+                timeout.as_secs(),
+                describe_unpublished(&waiting)
+            ));
+            return Ok(list);
+        }
+        if waiting != reported {
+            report(&format!(
+                "waiting up to {}s for Ready nodes to publish: {}",
+                timeout.as_secs(),
+                describe_unpublished(&waiting)
+            ));
+            reported = waiting;
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
@@ -156,24 +288,77 @@ pub fn check(nodes: &[NodeView], probe: &dyn Probe) -> Vec<PairResult> {
     results
 }
 
-fn check_pair(from: &NodeView, to: &NodeView, probe: &dyn Probe) -> Result<(), (Hop, String)> {
-    let (Some((network, prefix)), Some(mac), Some(underlay), Some(peer_gw)) =
-        (to.pod_cidr, &to.vtep_mac, to.underlay_ip, to.gateway())
-    else {
+/// The pairs of `nodes` whose path is not set up yet: the first four hops
+/// (annotations, FDB, neighbour, route), read without sending a packet. Empty once
+/// every node's VXLAN device knows every other node.
+pub fn unprogrammed(nodes: &[NodeView], probe: &dyn Probe) -> Vec<PairResult> {
+    let mut results = Vec::new();
+    for from in nodes {
+        for to in nodes {
+            if from.name == to.name {
+                continue;
+            }
+            if let Err(broken) = check_entries(from, to, probe) {
+                results.push(PairResult {
+                    from: from.name.clone(),
+                    to: to.name.clone(),
+                    broken: Some(broken),
+                });
+            }
+        }
+    }
+    results
+}
+
+/// The peer's overlay addresses once both Nodes have published everything.
+struct PeerPath<'a> {
+    pod_cidr: (Ipv4Addr, u8),
+    mac: &'a str,
+    underlay: Ipv4Addr,
+    peer_gw: Ipv4Addr,
+    own_gw: Ipv4Addr,
+}
+
+fn published<'a>(from: &NodeView, to: &'a NodeView) -> Result<PeerPath<'a>, (Hop, String)> {
+    let (Some(pod_cidr), Some(mac), Some(underlay), Some(peer_gw)) = (
+        to.pod_cidr,
+        to.vtep_mac.as_deref(),
+        to.underlay_ip,
+        to.gateway(),
+    ) else {
         return Err((
             Hop::Annotations,
             format!(
-                "node {} lacks a podCIDR or its {VTEP_MAC_ANNOTATION} / {UNDERLAY_IP_ANNOTATION} annotations (is its agent running with the pod network?)",
-                to.name
+                "node {} lacks {} (is its agent running, with the pod network?)",
+                to.name,
+                missing(to).join(", ")
             ),
         ));
     };
     let Some(own_gw) = from.gateway() else {
         return Err((
             Hop::Annotations,
-            format!("node {} has no podCIDR", from.name),
+            format!("node {} has no {POD_CIDR}", from.name),
         ));
     };
+    Ok(PeerPath {
+        pod_cidr,
+        mac,
+        underlay,
+        peer_gw,
+        own_gw,
+    })
+}
+
+/// The hops up to `route`: what `from`'s kernel must hold to reach `to`.
+fn check_entries(from: &NodeView, to: &NodeView, probe: &dyn Probe) -> Result<(), (Hop, String)> {
+    let PeerPath {
+        pod_cidr: (network, prefix),
+        mac,
+        underlay,
+        peer_gw,
+        ..
+    } = published(from, to)?;
     let fdb = probe.fdb(&from.netns).map_err(|e| (Hop::Fdb, e))?;
     match fdb.get(mac) {
         Some(dst) if *dst == underlay => {}
@@ -216,6 +401,17 @@ fn check_pair(from: &NodeView, to: &NodeView, probe: &dyn Probe) -> Result<(), (
             format!("no route {destination} via {peer_gw} dev {VXLAN_DEVICE}"),
         ));
     }
+    Ok(())
+}
+
+fn check_pair(from: &NodeView, to: &NodeView, probe: &dyn Probe) -> Result<(), (Hop, String)> {
+    check_entries(from, to, probe)?;
+    let PeerPath {
+        underlay,
+        peer_gw,
+        own_gw,
+        ..
+    } = published(from, to)?;
     if !probe.ping(&from.netns, underlay, None, None, false) {
         return Err((
             Hop::Underlay,
@@ -571,6 +767,166 @@ mod tests {
             broken_hop(&results, "node-1", "node-2"),
             Some(Hop::Annotations)
         );
+    }
+
+    #[test]
+    fn a_node_without_annotations_is_named_with_what_it_lacks() {
+        let mut b = view(2);
+        b.vtep_mac = None;
+        b.underlay_ip = None;
+        let results = check(&[view(1), b], &healthy(&[view(1), view(2)]));
+        let (hop, why) = results
+            .iter()
+            .find(|r| r.to == "node-2")
+            .and_then(|r| r.broken.clone())
+            .expect("node-1 -> node-2 broken");
+        assert_eq!(hop, Hop::Annotations);
+        assert!(
+            why.contains("node-2 lacks rkube.io/vtep-mac, rkube.io/underlay-ip"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn unprogrammed_lists_pairs_whose_entries_are_missing_without_pinging() {
+        let nodes = [view(1), view(2), view(3)];
+        let probe = healthy(&nodes);
+        assert_eq!(unprogrammed(&nodes, &probe), []);
+        assert!(probe.pings.borrow().is_empty(), "no packets sent");
+
+        let mut probe = healthy(&nodes);
+        probe.routes.get_mut("ns3").expect("ns3").clear();
+        let pending = unprogrammed(&nodes, &probe);
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        assert!(pending
+            .iter()
+            .all(|p| p.from == "node-3" && p.broken.as_ref().map(|b| b.0) == Some(Hop::Route)));
+        assert!(probe.pings.borrow().is_empty());
+    }
+
+    /// A NodeList of `(name, ready, published)` Nodes (published: podCIDR and both
+    /// annotations).
+    fn node_list(nodes: &[(&str, bool, bool)]) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ready, published))| {
+                let mut node = serde_json::json!({
+                    "metadata": {"name": name},
+                    "spec": {},
+                    "status": {"conditions": [
+                        {"type": "Ready", "status": if *ready { "True" } else { "False" }}
+                    ]},
+                });
+                if *published {
+                    node["spec"]["podCIDR"] = format!("10.244.{i}.0/24").into();
+                    node["metadata"]["annotations"] = serde_json::json!({
+                        "rkube.io/vtep-mac": format!("02:00:00:00:00:0{i}"),
+                        "rkube.io/underlay-ip": format!("192.168.0.{i}"),
+                    });
+                }
+                node
+            })
+            .collect();
+        serde_json::json!({ "items": items })
+    }
+
+    fn lab_nodes() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("node-1".to_string(), "ns1".to_string()),
+            ("node-2".to_string(), "ns2".to_string()),
+        ])
+    }
+
+    #[tokio::test]
+    async fn waits_until_ready_nodes_publish() {
+        // node-2 is Ready at once but publishes only in the third list.
+        let lists = [
+            node_list(&[("node-1", true, true), ("node-2", true, false)]),
+            node_list(&[("node-1", true, true), ("node-2", true, false)]),
+            node_list(&[("node-1", true, true), ("node-2", true, true)]),
+        ];
+        let fetched = RefCell::new(0);
+        let mut lines = Vec::new();
+        let list = wait_for_publication(
+            &lab_nodes(),
+            || {
+                let n = fetched.replace_with(|n| *n + 1);
+                let list = lists[n.min(lists.len() - 1)].clone();
+                async move { Ok::<_, String>(list) }
+            },
+            Duration::from_secs(20),
+            Duration::from_millis(1),
+            &mut |line| lines.push(line.to_string()),
+        )
+        .await
+        .expect("wait");
+        assert_eq!(*fetched.borrow(), 3);
+        assert_eq!(list, lists[2]);
+        assert_eq!(
+            lines,
+            ["waiting up to 20s for Ready nodes to publish: node-2 (podCIDR, rkube.io/vtep-mac, rkube.io/underlay-ip)"],
+            "reported once, naming what is missing"
+        );
+        assert!(unpublished(&lab_nodes(), &list).is_empty());
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_timeout_naming_the_node_and_skips_not_ready_ones() {
+        let list = node_list(&[("node-1", false, false), ("node-2", true, false)]);
+        let mut lines = Vec::new();
+        let got = wait_for_publication(
+            &lab_nodes(),
+            || {
+                let list = list.clone();
+                async move { Ok::<_, String>(list) }
+            },
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            &mut |line| lines.push(line.to_string()),
+        )
+        .await
+        .expect("wait");
+        assert_eq!(got, list);
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("not waiting for nodes that are not Ready: node-1")
+        );
+        let last = lines.last().expect("a final line");
+        assert!(
+            last.starts_with("still unpublished after 0s: node-2 (podCIDR"),
+            "{lines:?}"
+        );
+        assert!(!last.contains("node-1"), "{last}");
+
+        // A NotReady node alone is not awaited.
+        let list = node_list(&[("node-1", false, false), ("node-2", true, true)]);
+        let mut fetched = 0;
+        wait_for_publication(
+            &lab_nodes(),
+            || {
+                fetched += 1;
+                let list = list.clone();
+                async move { Ok::<_, String>(list) }
+            },
+            Duration::from_secs(20),
+            Duration::from_millis(1),
+            &mut |_| {},
+        )
+        .await
+        .expect("wait");
+        assert_eq!(fetched, 1);
+
+        // A failing fetch ends the wait with its error.
+        let failed = wait_for_publication(
+            &lab_nodes(),
+            || async { Err::<serde_json::Value, _>("apiserver down".to_string()) },
+            Duration::from_secs(20),
+            Duration::from_millis(1),
+            &mut |_| {},
+        )
+        .await;
+        assert_eq!(failed, Err("apiserver down".to_string()));
     }
 
     #[test]

@@ -52,21 +52,25 @@ pub fn test_underlay(salt: u32) -> String {
     format!("10.{}.{}.0/24", 200 + ((pid >> 8) + salt) % 40, pid % 256)
 }
 
-/// The ports of a lab's etcd and apiserver.
+/// The ports of a lab's etcd, apiserver and registry.
 #[derive(Debug, Clone, Copy)]
 pub struct LabPorts {
     pub etcd: u16,
     pub peer: u16,
     pub secure: u16,
+    /// The registry's port on the lab's bridge address; 0 lets `rkube up` pick a free
+    /// one there (never the well-known 5000, which parallel labs would fight over).
+    pub registry: u16,
 }
 
 impl LabPorts {
-    /// Three free ports.
+    /// Three free ports, and a registry port `rkube up` picks.
     pub fn free() -> LabPorts {
         LabPorts {
             etcd: free_port(),
             peer: free_port(),
             secure: free_port(),
+            registry: 0,
         }
     }
 
@@ -79,6 +83,8 @@ impl LabPorts {
             self.peer.to_string(),
             "--secure-port".into(),
             self.secure.to_string(),
+            "--registry-port".into(),
+            self.registry.to_string(),
         ]
     }
 }

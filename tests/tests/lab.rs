@@ -1,8 +1,10 @@
 //! `rkube up --nodes 2` end to end with the real binaries from `target/debug` (root):
-//! both nodes Ready with the capacity given, `rkube status -o json` matching what
-//! exists, a busybox pod (pushed to the lab's registry) Running on each node through the
-//! scheduler, and `rkube down` leaving nothing behind: no processes, namespaces, links,
-//! mounts, cgroups, state or kubeconfig context. A guard tears the lab down even when an
+//! both nodes Ready with the capacity given and their network published (podCIDR,
+//! VTEP MAC, underlay address) when `up` returns, `rkube net check` passing right after
+//! `up` without waiting, `rkube status -o json` matching what exists, a busybox pod
+//! (pushed to the lab's registry) Running on each node through the scheduler, and
+//! `rkube down` leaving nothing behind: no processes, namespaces, links, mounts,
+//! cgroups, state or kubeconfig context. A guard tears the lab down even when an
 //! assertion fails. Names, ports and the underlay CIDR are unique to the test's pid.
 
 use std::path::{Path, PathBuf};
@@ -47,45 +49,74 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
 
     let lab = Lab::new();
     let underlay = test_underlay(0);
-    let ports = LabPorts::free();
-    let (etcd, peer, secure) = (ports.etcd, ports.peer, ports.secure);
-    let up = lab.rkube(&[
-        "up",
-        "--nodes",
-        &NODES.to_string(),
-        "--node-cpu",
-        "2",
-        "--node-memory",
-        "3Gi",
-        "--underlay-cidr",
-        &underlay,
-        "--etcd-client-port",
-        &etcd.to_string(),
-        "--etcd-peer-port",
-        &peer.to_string(),
-        "--secure-port",
-        &secure.to_string(),
-    ]);
+    // The registry on a port `up` picks (LabPorts), not the well-known 5000.
+    let mut up_args: Vec<String> = vec![
+        "up".into(),
+        "--nodes".into(),
+        NODES.to_string(),
+        "--node-cpu".into(),
+        "2".into(),
+        "--node-memory".into(),
+        "3Gi".into(),
+        "--underlay-cidr".into(),
+        underlay.clone(),
+    ];
+    up_args.extend(LabPorts::free().args());
+    let up_refs: Vec<&str> = up_args.iter().map(String::as_str).collect();
+    let up = lab.rkube(&up_refs);
     assert!(up.status.success(), "rkube up failed");
     let stdout = String::from_utf8_lossy(&up.stdout);
     assert!(stdout.contains("node-1 is Ready") && stdout.contains("node-2 is Ready"));
 
-    // Every node Ready, with the capacity it was given.
+    // When `up` returns, every node is Ready, with the capacity it was given, and has
+    // published its podCIDR and overlay annotations: no waiting needed.
     let nodes = lab
         .kubectl_json(&["get", "nodes", "-o", "json"])
         .expect("kubectl get nodes");
     let items = nodes["items"].as_array().expect("items");
     assert_eq!(items.len(), NODES);
     for node in items {
+        let name = node["metadata"]["name"].as_str().expect("name");
         let ready = node["status"]["conditions"]
             .as_array()
             .expect("conditions")
             .iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        assert!(ready, "{} Ready", node["metadata"]["name"]);
+        assert!(ready, "{name} Ready");
         assert_eq!(node["status"]["capacity"]["cpu"], "2");
         assert_eq!(node["status"]["capacity"]["memory"], "3145728Ki");
+        assert!(node["spec"]["podCIDR"].is_string(), "{name} has a podCIDR");
+        let annotations = &node["metadata"]["annotations"];
+        assert!(
+            annotations["rkube.io/vtep-mac"].is_string(),
+            "{name} published its VTEP MAC: {annotations}"
+        );
+        let n: usize = name
+            .strip_prefix("node-")
+            .and_then(|n| n.parse().ok())
+            .expect("node-N");
+        assert_eq!(
+            annotations["rkube.io/underlay-ip"],
+            underlay.replace(".0/24", &format!(".{}", n + 1)),
+            "{name} published its underlay address"
+        );
     }
+
+    // `rkube net check` right after `up`: every ordered pair ok at once.
+    let check = lab.rkube(&["net", "check"]);
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check.status.success(),
+        "net check after up failed:\n{report}"
+    );
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), NODES * (NODES - 1), "{report}");
+    assert!(lines.iter().all(|l| l.ends_with(": ok")), "{report}");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !stderr.contains("waiting"),
+        "net check had to wait for annotations `up` should have awaited: {stderr}"
+    );
 
     // `status -o json` matches what exists.
     let status = lab.rkube(&["status", "-o", "json"]);
@@ -177,17 +208,14 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
         .await;
         let node_name = format!("node-{n}");
         assert_eq!(pod["spec"]["nodeName"], node_name);
-        // With the pod network (its agents publish their VTEP), a pod gets an address
-        // from its node's podCIDR; without it, pods have loopback only.
+        // The pod network gives the pod an address from its node's podCIDR.
         let node = lab
             .kubectl_json(&["get", "node", &node_name, "-o", "json"])
             .expect("get node");
-        if node["metadata"]["annotations"]["rkube.io/vtep-mac"].is_string() {
-            let cidr = node["spec"]["podCIDR"].as_str().expect("podCIDR");
-            let ip = pod["status"]["podIP"].as_str().expect("pod IP");
-            let prefix = cidr.rsplit_once('.').expect("IPv4 /24").0;
-            assert!(ip.starts_with(&format!("{prefix}.")), "{ip} in {cidr}");
-        }
+        let cidr = node["spec"]["podCIDR"].as_str().expect("podCIDR");
+        let ip = pod["status"]["podIP"].as_str().expect("pod IP");
+        let prefix = cidr.rsplit_once('.').expect("IPv4 /24").0;
+        assert!(ip.starts_with(&format!("{prefix}.")), "{ip} in {cidr}");
     }
 
     // What the containers made, to check that `down` removes it.

@@ -28,6 +28,10 @@ use rkube_tests::lab::{bin_dir, require_binaries, test_underlay, Lab, LabPorts};
 use rkube_tests::node::entries;
 use serde_json::Value;
 
+/// The registry address of a lab with the default underlay and registry port, as
+/// `manifests/hello/deployment.yaml` names it.
+const DEFAULT_REGISTRY: &str = "10.250.0.1:5000";
+
 const NODES: usize = 2;
 const V1: &str = "version 1.0.0";
 const V2: &str = "version 1.1.0";
@@ -256,7 +260,14 @@ fn walkthrough(cli: &Cli, registry: &str, node_ips: &[String], node_port: u16) {
     ));
     let read = |file: &str| std::fs::read_to_string(manifests().join(file)).expect("manifest");
     cli.apply(&read("configmap.yaml"));
-    cli.apply(&read("deployment.yaml").replace("REGISTRY", registry));
+    // The manifest names the default lab's registry; this lab has its own underlay and
+    // registry port.
+    let deployment = read("deployment.yaml");
+    assert!(
+        deployment.contains(&format!("{DEFAULT_REGISTRY}/hello:1.0.0")),
+        "deployment.yaml names {DEFAULT_REGISTRY}/hello:1.0.0"
+    );
+    cli.apply(&deployment.replace(DEFAULT_REGISTRY, registry));
     cli.apply(&read("service.yaml").replace("30080", &node_port.to_string()));
 
     // Two pods, one on each node.
