@@ -20,6 +20,8 @@ pub enum Subresource {
     Log,
     /// `pods/…/exec`.
     Exec,
+    /// `pods/…/eviction`: a `policy/v1` `Eviction`, a graceful delete of the pod.
+    Eviction,
 }
 
 impl Subresource {
@@ -31,6 +33,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Log => "log",
             Subresource::Exec => "exec",
+            Subresource::Eviction => "eviction",
         }
     }
 
@@ -42,6 +45,7 @@ impl Subresource {
             Self::Binding,
             Self::Log,
             Self::Exec,
+            Self::Eviction,
         ]
         .into_iter()
         .find(|s| s.name() == name)
@@ -107,7 +111,7 @@ impl Resource {
     }
 }
 
-use Subresource::{Binding, Exec, Log, Scale, Status};
+use Subresource::{Binding, Eviction, Exec, Log, Scale, Status};
 
 /// Every kind rkube serves, in discovery order.
 pub static RESOURCES: &[Resource] = &[
@@ -142,7 +146,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Namespaced,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &[Status, Binding, Log, Exec],
+        subresources: &[Status, Binding, Log, Exec, Eviction],
     },
     Resource {
         group: "",

@@ -46,6 +46,7 @@ fn sub_kind(r: &Resource, s: Subresource) -> (String, &'static str, &'static str
         Subresource::Scale => ("autoscaling".into(), "v1", "Scale"),
         Subresource::Binding => ("".into(), "v1", "Binding"),
         Subresource::Log | Subresource::Exec => ("".into(), "v1", "Pod"),
+        Subresource::Eviction => ("policy".into(), "v1", "Eviction"),
         Subresource::Status => (r.group.to_string(), r.version, r.kind),
     }
 }
@@ -53,7 +54,7 @@ fn sub_kind(r: &Resource, s: Subresource) -> (String, &'static str, &'static str
 fn sub_verbs(s: Subresource) -> Vec<&'static str> {
     match s {
         Subresource::Status | Subresource::Scale => vec!["get", "patch", "update"],
-        Subresource::Binding => vec!["create"],
+        Subresource::Binding | Subresource::Eviction => vec!["create"],
         Subresource::Log => vec!["get"],
         Subresource::Exec => vec!["create", "get"],
     }

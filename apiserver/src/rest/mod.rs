@@ -5,6 +5,7 @@
 //! ([`discovery`]) or dispatches a resource request by method.
 
 pub mod discovery;
+mod eviction;
 pub mod exec;
 mod logs;
 pub mod path;
@@ -481,6 +482,10 @@ async fn dispatch(
             let (binding, _) = read_body(headers, body).await?;
             reg.bind(ns.unwrap_or("default"), name, &binding).await?;
             json_response(StatusCode::CREATED, &Status::success(None).to_json(), &[])
+        }
+        (Method::POST, Some(name), Some(Subresource::Eviction)) => {
+            let (eviction, _) = read_body(headers, body).await?;
+            eviction::serve(reg, r, ns.unwrap_or("default"), name, &eviction, q).await?
         }
         (m, _, _) => {
             return Err(Box::new(Status::method_not_allowed(format!(
