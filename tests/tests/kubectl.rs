@@ -371,3 +371,154 @@ async fn walkthrough_manifests_apply() {
     let out = k.ok(&["delete", "-f", dir]).await;
     assert!(out.contains("deleted"), "{out}");
 }
+
+/// A pod bound to `node`, with `owner` (YAML `ownerReferences` lines, or empty).
+fn drain_pod(name: &str, node: &str, owner: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{owner}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: busybox\n"
+    )
+}
+
+/// The lines of kubectl's `-v=6` request log (`… round_trippers.go:…] POST https://…/path
+/// 201 Created in 5 milliseconds`) for `method` on a URL ending in `suffix`.
+fn requests<'a>(log: &'a str, method: &str, suffix: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| {
+            l.split_once("] ").is_some_and(|(_, request)| {
+                request.starts_with(&format!("{method} https://"))
+                    && request
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|url| url.ends_with(suffix))
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evicts_through_the_subresource() {
+    let k = kube().await;
+    let pid = std::process::id();
+    let node = format!("kubectl-drain-{pid}");
+    let slow_node = format!("kubectl-drain-slow-{pid}");
+    for n in [&node, &slow_node] {
+        let out = k
+            .apply(
+                &["create", "-f", "-"],
+                &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n"),
+            )
+            .await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // kubectl looks the DaemonSet up (and evicts pods whose DaemonSet is gone).
+    let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: ds\nspec:\n  selector:\n    matchLabels: {app: ds}\n  template:\n    metadata:\n      labels: {app: ds}\n    spec:\n      containers:\n      - {name: c, image: busybox}\n";
+    let out = k.apply(&["create", "-f", "-"], ds).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let ds_owner = "  ownerReferences:\n  - {apiVersion: apps/v1, kind: DaemonSet, name: ds, uid: 00000000-0000-0000-0000-000000000001, controller: true}\n";
+    let rs_owner = "  ownerReferences:\n  - {apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: 00000000-0000-0000-0000-000000000002, controller: true}\n";
+    for manifest in [
+        drain_pod("bare", &node, ""),
+        drain_pod("ds-pod", &node, ds_owner),
+        drain_pod("slow", &slow_node, rs_owner),
+    ] {
+        let out = k.apply(&["create", "-f", "-"], &manifest).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    // Grace period 0: the bare pod goes at once, through the eviction subresource.
+    let out = k
+        .run(&[
+            "drain",
+            &node,
+            "--ignore-daemonsets",
+            "--force",
+            "--grace-period=0",
+            "--timeout=60s",
+            "-v=6",
+        ])
+        .await;
+    let (stdout, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{log}");
+    for want in [
+        format!("node/{node} cordoned"),
+        "evicting pod default/bare".into(),
+        "pod/bare evicted".into(),
+        format!("node/{node} drained"),
+    ] {
+        assert!(stdout.contains(&want), "stdout lacks {want:?}:\n{stdout}");
+    }
+    assert!(
+        log.contains("ignoring DaemonSet-managed Pods: default/ds-pod"),
+        "{log}"
+    );
+    let evictions = requests(
+        &log,
+        "POST",
+        "/api/v1/namespaces/default/pods/bare/eviction",
+    );
+    assert!(
+        !evictions.is_empty() && evictions.iter().all(|l| l.contains("201 Created")),
+        "kubectl evicted through the subresource: {evictions:?}\n{log}"
+    );
+    let deletes = requests(&log, "DELETE", "/api/v1/namespaces/default/pods/bare");
+    assert!(deletes.is_empty(), "kubectl deleted instead: {deletes:?}");
+    let out = k.run(&["get", "pod", "bare"]).await;
+    assert!(
+        text(&out).contains("pods \"bare\" not found"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        k.json(&["get", "pod", "ds-pod"]).await["metadata"]["deletionTimestamp"],
+        Value::Null,
+        "DaemonSet pods stay"
+    );
+    assert_eq!(
+        k.json(&["get", "node", &node]).await["spec"]["unschedulable"],
+        true
+    );
+
+    // The pod's own grace period: evicted, marked for deletion, and since no node agent
+    // confirms, kubectl waits until its timeout.
+    let out = k.run(&["drain", &slow_node, "--timeout=3s", "-v=6"]).await;
+    let (stdout, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{log}");
+    assert!(stdout.contains("evicting pod default/slow"), "{stdout}");
+    assert!(
+        log.contains(
+            "error when waiting for pod \"slow\" in namespace \"default\" to terminate: context deadline exceeded"
+        ),
+        "kubectl waited for the pod to go:\n{log}"
+    );
+    assert!(
+        !requests(
+            &log,
+            "POST",
+            "/api/v1/namespaces/default/pods/slow/eviction"
+        )
+        .is_empty(),
+        "{log}"
+    );
+    let slow = k.json(&["get", "pod", "slow"]).await;
+    assert!(
+        slow["metadata"]["deletionTimestamp"].is_string(),
+        "evicted pods are marked for deletion: {slow}"
+    );
+    assert_eq!(slow["metadata"]["deletionGracePeriodSeconds"], 30);
+    let conditions = slow["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "EvictionByEvictionAPI"),
+        "{slow}"
+    );
+}

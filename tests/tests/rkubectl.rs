@@ -794,7 +794,7 @@ fn bare_pod(name: &str, node: &str, owner: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn describe_edit_and_drain() {
+async fn describe_and_edit() {
     let k = kube().await;
     k.ok(&["apply", "-f", &hello_dir()]).await;
     let uid = k
@@ -868,9 +868,13 @@ async fn describe_edit_and_drain() {
         .expect("run edit");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("is invalid"), "{}", text(&out));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evicts_through_the_subresource() {
+    let k = kube().await;
     // drain: refuses unmanaged and DaemonSet pods, then with flags evicts the bare
-    // pod, leaves the DaemonSet's, and cordons the node.
+    // pod through pods/eviction, leaves the DaemonSet's, and cordons the node.
     let node = format!("drain-{}", std::process::id());
     k.stdin_ok(
         &["create", "-f", "-"],
@@ -896,28 +900,87 @@ async fn describe_edit_and_drain() {
             && err.contains("cannot delete Pods that declare no controller (use --force to override): default/bare"),
         "{err}"
     );
-    let out = k
-        .ok(&[
-            "drain",
-            &node,
-            "--ignore-daemonsets",
-            "--force",
-            "--grace-period",
-            "0",
-            "--timeout-seconds",
-            "30",
-        ])
-        .await;
+    // Every request rkubectl sends, from its debug log.
+    let drain = |args: &[&str]| {
+        let out = tokio::task::block_in_place(|| {
+            k.command(args)
+                .env("RKUBECTL_LOG", "rkube_ctl::rkubectl::client=debug")
+                .env("NO_COLOR", "1")
+                .output()
+                .expect("run drain")
+        });
+        let requests = |method: &str, path: &str| {
+            let (method, url) = (format!("method={method} "), format!("{path} "));
+            stderr(&out)
+                .lines()
+                .filter(|l| l.contains(&method) && l.contains(&url))
+                .count()
+        };
+        (
+            out.status.code(),
+            text(&out),
+            requests("POST", "/api/v1/namespaces/default/pods/bare/eviction"),
+            requests("DELETE", "/api/v1/namespaces/default/pods/bare"),
+        )
+    };
+    let (code, out, evictions, deletes) = drain(&[
+        "drain",
+        &node,
+        "--ignore-daemonsets",
+        "--force",
+        "--grace-period",
+        "0",
+        "--timeout=30s",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!("node/{node} already cordoned"))
             && out.contains("evicting pod default/bare")
+            && out.contains("pod/bare evicted")
             && out.contains(&format!("node/{node} drained")),
         "{out}"
+    );
+    assert_eq!(
+        (evictions, deletes),
+        (1, 0),
+        "evicted through the subresource, never deleted:\n{out}"
     );
     assert_eq!(k.ok(&["get", "pods", "-o", "name"]).await, "pod/ds-pod\n");
     assert_eq!(
         k.json(&["get", "node", &node]).await["spec"]["unschedulable"],
         true
+    );
+
+    // The pod's own grace period: evicted (marked for deletion, DisruptionTarget), and
+    // with no node agent to confirm, drain waits until its timeout, as kubectl does.
+    let slow_node = format!("drain-slow-{}", std::process::id());
+    k.stdin_ok(
+        &["create", "-f", "-"],
+        &NODE.replace("rkubectl-node", &slow_node),
+    )
+    .await;
+    let rs_owner = "  ownerReferences:\n  - {apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: 00000000-0000-0000-0000-000000000002, controller: true}\n";
+    k.stdin_ok(
+        &["create", "-f", "-"],
+        &bare_pod("slow", &slow_node, rs_owner),
+    )
+    .await;
+    let (code, out, _, _) = drain(&["drain", &slow_node, "--timeout-seconds", "3"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("evicting pod default/slow")
+            && out.contains("error when waiting for pod \"slow\" in namespace \"default\" to terminate: context deadline exceeded"),
+        "{out}"
+    );
+    let slow = k.json(&["get", "pod", "slow"]).await;
+    assert!(slow["metadata"]["deletionTimestamp"].is_string(), "{slow}");
+    assert!(
+        slow["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "EvictionByEvictionAPI"),
+        "{slow}"
     );
 }
 
