@@ -283,7 +283,7 @@ async fn apply_and_get_in_every_format() {
             "jsonpath={.spec.template.spec.containers[*].image}"
         ])
         .await,
-        "REGISTRY/hello:1.0.0"
+        "10.250.0.1:5000/hello:1.0.0"
     );
 
     // Selectors.
@@ -828,7 +828,7 @@ async fn describe_and_edit() {
     }
     assert!(
         d.lines()
-            .any(|l| l.trim_start().starts_with("Image:") && l.ends_with(" REGISTRY/hello:1.0.0")),
+            .any(|l| l.trim_start().starts_with("Image:") && l.ends_with(" 10.250.0.1:5000/hello:1.0.0")),
         "{d}"
     );
     let svc = k.ok(&["describe", "svc/helloworld"]).await;
