@@ -87,6 +87,21 @@ impl LabPorts {
             self.registry.to_string(),
         ]
     }
+
+    /// The whole `rkube up` command line of a test lab: `nodes` nodes on `underlay`,
+    /// then `extra` flags (node sizes), then these ports.
+    pub fn up_args(&self, nodes: usize, underlay: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--nodes".into(),
+            nodes.to_string(),
+            "--underlay-cidr".into(),
+            underlay.into(),
+        ];
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        args.extend(self.args());
+        args
+    }
 }
 
 /// A lab in a temporary directory; dropping it runs `rkube down`.

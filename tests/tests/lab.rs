@@ -50,18 +50,11 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
     let lab = Lab::new();
     let underlay = test_underlay(0);
     // The registry on a port `up` picks (LabPorts), not the well-known 5000.
-    let mut up_args: Vec<String> = vec![
-        "up".into(),
-        "--nodes".into(),
-        NODES.to_string(),
-        "--node-cpu".into(),
-        "2".into(),
-        "--node-memory".into(),
-        "3Gi".into(),
-        "--underlay-cidr".into(),
-        underlay.clone(),
-    ];
-    up_args.extend(LabPorts::free().args());
+    let up_args = LabPorts::free().up_args(
+        NODES,
+        &underlay,
+        &["--node-cpu", "2", "--node-memory", "3Gi"],
+    );
     let up_refs: Vec<&str> = up_args.iter().map(String::as_str).collect();
     let up = lab.rkube(&up_refs);
     assert!(up.status.success(), "rkube up failed");

@@ -170,18 +170,11 @@ async fn lab_network_pods_services_dns_restart_and_node_removal() {
     let lab = Lab::new();
     let underlay = test_underlay(7);
     let ports = LabPorts::free();
-    let mut up_args: Vec<String> = vec![
-        "up".into(),
-        "--nodes".into(),
-        NODES.to_string(),
-        "--node-cpu".into(),
-        "2".into(),
-        "--node-memory".into(),
-        "2Gi".into(),
-        "--underlay-cidr".into(),
-        underlay.clone(),
-    ];
-    up_args.extend(ports.args());
+    let up_args = ports.up_args(
+        NODES,
+        &underlay,
+        &["--node-cpu", "2", "--node-memory", "2Gi"],
+    );
     let up_refs: Vec<&str> = up_args.iter().map(String::as_str).collect();
     let up = lab.rkube(&up_refs);
     assert!(up.status.success(), "rkube up failed");

@@ -828,7 +828,8 @@ async fn describe_and_edit() {
     }
     assert!(
         d.lines()
-            .any(|l| l.trim_start().starts_with("Image:") && l.ends_with(" 10.250.0.1:5000/hello:1.0.0")),
+            .any(|l| l.trim_start().starts_with("Image:")
+                && l.ends_with(" 10.250.0.1:5000/hello:1.0.0")),
         "{d}"
     );
     let svc = k.ok(&["describe", "svc/helloworld"]).await;

@@ -435,14 +435,7 @@ fn walkthrough_with_rkubectl_and_kubectl_node_loss_and_down() {
 
     let lab = Lab::new();
     let underlay = test_underlay(12);
-    let mut up_args: Vec<String> = vec![
-        "up".into(),
-        "--nodes".into(),
-        NODES.to_string(),
-        "--underlay-cidr".into(),
-        underlay,
-    ];
-    up_args.extend(LabPorts::free().args());
+    let up_args = LabPorts::free().up_args(NODES, &underlay, &[]);
     let up_refs: Vec<&str> = up_args.iter().map(String::as_str).collect();
     let up = lab.rkube(&up_refs);
     assert!(up.status.success(), "rkube up failed");

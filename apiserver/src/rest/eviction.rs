@@ -245,17 +245,11 @@ fn with_disruption_target(pod: &Value, now: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rest::query_of as query;
 
     fn eviction(name: &str) -> Value {
         json!({"apiVersion": "policy/v1", "kind": "Eviction",
                "metadata": {"name": name, "namespace": "d"}})
-    }
-
-    fn query(pairs: &[(&str, &str)]) -> Query {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

@@ -161,13 +161,7 @@ async fn stream_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn query(pairs: &[(&str, &str)]) -> Query {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::rest::query_of as query;
 
     #[test]
     fn options_parse_every_parameter() {

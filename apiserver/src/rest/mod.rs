@@ -54,6 +54,15 @@ pub struct ApiState {
 
 type Query = HashMap<String, String>;
 
+/// A query from `key=value` pairs, for the handlers' tests.
+#[cfg(test)]
+fn query_of(pairs: &[(&str, &str)]) -> Query {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn parse_query(q: Option<&str>) -> Query {
     serde_urlencoded::from_str::<Vec<(String, String)>>(q.unwrap_or(""))
         .unwrap_or_default()

@@ -184,14 +184,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // lab.up3
-    let mut up: Vec<String> = vec![
-        "up".into(),
-        "--nodes".into(),
-        NODES.to_string(),
-        "--underlay-cidr".into(),
-        test_underlay(31),
-    ];
-    up.extend(LabPorts::free().args());
+    let up = LabPorts::free().up_args(NODES, &test_underlay(31), &[]);
     let started = Instant::now();
     lab.run(&up)?;
     let up3 = started.elapsed().as_secs_f64();
