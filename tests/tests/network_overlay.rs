@@ -305,27 +305,19 @@ fn pod_network_across_three_nodes() {
         port_details.contains("master rkube0") && port_details.contains("hairpin on"),
         "{port_details}"
     );
-    // Both ends of the veth are IPv4-only (`ip netns exec` gives the command the node's
-    // own sysctls).
-    let in_node = |command: &str| -> String {
+    // Both ends of the veth are IPv4-only: no IPv6 address on either, not even a
+    // link-local one (the pod's lo keeps ::1).
+    let ipv6_of = |netns: &str, device: &str| -> String {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.nodes[0].name, "sh", "-c", command])
+            .args(["-n", netns, "-6", "-o", "addr", "show", "dev", device])
             .output()
-            .expect("ip netns exec");
-        assert!(out.status.success(), "{command}: {out:?}");
+            .expect("ip -6 addr");
+        assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let veth = host_veth("sb-a1");
-    assert_eq!(
-        in_node(&format!("cat /proc/sys/net/ipv6/conf/{veth}/disable_ipv6")),
-        "1"
-    );
-    let in_pod = std::process::Command::new("ip")
-        .args(["netns", "exec", &pods[0].name, "sh", "-c"])
-        .arg("cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6; ip -6 addr show dev eth0")
-        .output()
-        .expect("ip netns exec in the pod");
-    assert_eq!(String::from_utf8_lossy(&in_pod.stdout).trim(), "1");
+    assert_eq!(ipv6_of(&lab.nodes[0].name, &host_veth("sb-a1")), "");
+    assert_eq!(ipv6_of(&pods[0].name, "eth0"), "");
+    assert!(ipv6_of(&pods[0].name, "lo").contains("::1"));
     assert_eq!(
         agents[0].attach("sb-a1", &pods[0]),
         a1,

@@ -15,7 +15,8 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, InfoVxlan, LinkAttribute,
+    LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -70,12 +71,6 @@ pub enum Error {
     Thread,
     #[error("failed to enable IPv4 forwarding")]
     Forwarding(#[source] std::io::Error),
-    #[error("failed to turn IPv6 off on {device}")]
-    DisableIpv6 {
-        device: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// `Result` with this module's [`Error`].
@@ -617,12 +612,23 @@ impl Netlink {
         Ok(())
     }
 
-    /// Puts the host end `host` of a pod's veth on bridge `bridge`, with hairpin, and up.
+    /// Puts the host end `host` of a pod's veth on bridge `bridge`, with hairpin and
+    /// without IPv6 addresses, and up.
     ///
     /// # Errors
     /// When a netlink request fails.
     pub async fn attach_to_bridge(&self, host: &str, bridge: u32, mtu: u32) -> Result<()> {
         let host_index = self.index(host).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .append_extra_attribute(no_ipv6_addresses())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("keep IPv6 addresses off {host}")))?;
         self.handle
             .link()
             .set(
@@ -665,26 +671,19 @@ pub fn enable_forwarding() -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(Error::Forwarding)
 }
 
-/// Turns IPv6 off on `device` of the calling thread's network namespace, before it goes
-/// up. The pod network is IPv4-only, and an interface left to IPv6 autoconfiguration
-/// gets a link-local address, duplicate address detection and router solicitations from
-/// the kernel's `ipv6_addrconf` worker, which holds the global rtnl lock while it works:
-/// with a few dozen pods starting, that worker was the busiest thing on the machine.
-/// (Docker likewise turns IPv6 off on the interfaces of IPv4-only networks.) A kernel
-/// without IPv6 has nothing to turn off.
+/// The link attribute that keeps the kernel from giving a link IPv6 addresses
+/// (`addr_gen_mode none`), set before the link goes up.
 ///
-/// # Errors
-/// When the sysctl exists but cannot be written.
-pub fn disable_ipv6(device: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
-    match std::fs::write(&path, b"1") {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::DisableIpv6 {
-            device: device.to_string(),
-            source,
-        }),
-    }
+/// The pod network is IPv4-only. A veth left to IPv6 gets a link-local address,
+/// duplicate address detection and router solicitations from the kernel's
+/// `ipv6_addrconf` worker, which holds the global rtnl lock while it works: with a few
+/// dozen pods starting, that worker was the busiest thing on the machine. (Turning
+/// `disable_ipv6` on per device is no better: that sysctl spins on the same lock.) The
+/// pod's `lo` keeps `::1`.
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 /// What a pod's `eth0` gets.
@@ -764,7 +763,17 @@ pub async fn configure_pod(netns: &Path, interface: PodInterface) -> Result<()> 
             .execute()
             .await
             .map_err(netlink_op("rename the pod's interface to eth0"))?;
-        disable_ipv6("eth0")?;
+        netlink
+            .handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .append_extra_attribute(no_ipv6_addresses())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink_op("keep IPv6 addresses off eth0"))?;
         netlink
             .handle
             .address()

@@ -18,7 +18,6 @@ pub mod overlay;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -109,9 +108,6 @@ pub struct PodNetwork {
     bridge: u32,
     vxlan: u32,
     ipam: Mutex<Ipam>,
-    /// The namespace all of the above lives in, held open for work on threads of their
-    /// own (sysctls follow the namespace of the thread that opens them).
-    namespace: std::fs::File,
 }
 
 /// The runtime's late-bound handle on the pod network: the network can only be built
@@ -194,12 +190,6 @@ impl PodNetwork {
     /// When the underlay address is on no interface or a netlink request fails.
     pub async fn start(config: NetworkConfig) -> Result<Self> {
         let netlink = Netlink::connect()?;
-        let own_namespace = Path::new("/proc/thread-self/ns/net");
-        let namespace =
-            std::fs::File::open(own_namespace).map_err(|source| link::Error::OpenNetns {
-                path: own_namespace.to_path_buf(),
-                source,
-            })?;
         let (underlay, underlay_mtu) = netlink.underlay(config.underlay_ip).await?;
         let mtu = underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
         let gateway = ipam::gateway(config.pod_cidr);
@@ -229,7 +219,6 @@ impl PodNetwork {
             bridge,
             vxlan,
             ipam: Mutex::new(ipam),
-            namespace,
         })
     }
 
@@ -268,13 +257,6 @@ impl PodNetwork {
         self.netlink
             .create_veth(&host, &peer, self.local.mtu, netns)
             .await?;
-        // Before the link goes up, so that IPv6 never starts on it.
-        let own_namespace = PathBuf::from(format!("/proc/self/fd/{}", self.namespace.as_raw_fd()));
-        let device = host.clone();
-        link::in_netns(&own_namespace, move || async move {
-            link::disable_ipv6(&device)
-        })
-        .await?;
         self.netlink
             .attach_to_bridge(&host, self.bridge, self.local.mtu)
             .await?;
