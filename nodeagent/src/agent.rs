@@ -56,6 +56,10 @@ pub struct Config {
     /// Remount the host's cgroup2 hierarchy with `favordynmods` for fast container
     /// starts (see [`crate::runtime::host_cgroups`]); on by default.
     pub favor_dynamic_cgroups: bool,
+    /// Keep the runtime's bookkeeping on tmpfs mounts under `root_dir` (see
+    /// [`crate::runtime::state_dirs`]); off by default here, on in the binary. Whoever
+    /// removes `root_dir` then unmounts them.
+    pub state_on_tmpfs: bool,
 }
 
 impl Config {
@@ -76,6 +80,7 @@ impl Config {
             log_rotation: LogRotation::default(),
             pod_network: None,
             favor_dynamic_cgroups: true,
+            state_on_tmpfs: false,
         }
     }
 }
@@ -96,6 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         insecure_registries: config.insecure_registries.clone(),
         shim_binary,
         favor_dynamic_cgroups: config.favor_dynamic_cgroups,
+        state_on_tmpfs: config.state_on_tmpfs,
     })
     .context("prepare the container runtime")?;
     runtime.set_log_rotation(config.log_rotation);

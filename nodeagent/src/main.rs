@@ -72,6 +72,11 @@ struct Flags {
     /// grace period, at a small cost to forks and exits host-wide.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     cgroup_favordynmods: bool,
+    /// Keep the runtime's bookkeeping (container bundles, sandbox files, libcontainer's
+    /// state) on tmpfs mounts under the root dir, as containerd keeps its under /run;
+    /// images, logs and writable layers stay on disk.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    state_tmpfs: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -118,6 +123,7 @@ fn main() -> anyhow::Result<ExitCode> {
         });
     config.listen_address = Some(flags.listen_address);
     config.favor_dynamic_cgroups = flags.cgroup_favordynmods;
+    config.state_on_tmpfs = flags.state_tmpfs;
     config.log_rotation = rkube_nodeagent::runtime::LogRotation {
         max_size: flags.container_log_max_size,
         max_files: usize::try_from(flags.container_log_max_files).unwrap_or(usize::MAX),

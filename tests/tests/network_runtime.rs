@@ -115,6 +115,7 @@ async fn sandboxes_join_the_pod_network() {
             insecure_registries: vec![registry.addr.clone()],
             shim_binary: std::env::current_exe().expect("this test binary"),
             favor_dynamic_cgroups: true,
+            state_on_tmpfs: false,
         })
         .expect("runtime");
         let handle = NetworkHandle::new("cluster.local");

@@ -459,6 +459,7 @@ async fn serves_logs_exec_and_stats_over_grpc() {
         insecure_registries: vec![registry.addr.clone()],
         shim_binary: std::env::current_exe().expect("this binary"),
         favor_dynamic_cgroups: true,
+        state_on_tmpfs: false,
     })
     .expect("runtime");
     let sleeper_id = ContainerId(

@@ -199,6 +199,7 @@ fn run_container(store: &Store, run: &Oneshot) -> Result<oneshot::Outcome> {
         insecure_registries: Vec::new(),
         shim_binary,
         favor_dynamic_cgroups: false,
+        state_on_tmpfs: false,
     })
     .map_err(|source| Error::Runtime {
         path: root_dir,

@@ -29,6 +29,7 @@ use super::rootfs::Rootfs;
 use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
+use super::state_dirs;
 use super::Mount;
 use super::{
     ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error,
@@ -52,6 +53,9 @@ pub struct LocalRuntimeConfig {
     /// starts do not wait for the kernel's cgroup lock (see [`host_cgroups`]); the
     /// agent does unless told not to.
     pub favor_dynamic_cgroups: bool,
+    /// Keep the runtime's bookkeeping (bundles, sandbox files, libcontainer's state) on
+    /// tmpfs mounts (see [`state_dirs`]); writable layers go to `layers/` on disk then.
+    pub state_on_tmpfs: bool,
 }
 
 /// A helper that reported a failure (its stderr), or a step around it that failed.
@@ -159,7 +163,7 @@ impl LocalRuntime {
         }
         let images = ImageStore::open(root.join("images"), config.insecure_registries)
             .map_err(failed("open image store", &root.display().to_string()))?;
-        for dir in ["sandboxes", "containers", "logs", "lc"] {
+        for dir in ["sandboxes", "containers", "logs", "lc", "layers"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(io_error(&path))
@@ -167,6 +171,17 @@ impl LocalRuntime {
                     "prepare runtime directory",
                     &path.display().to_string(),
                 ))?;
+        }
+        if config.state_on_tmpfs {
+            for dir in ["sandboxes", "containers", "lc"] {
+                let path = root.join(dir);
+                match state_dirs::prepare(&path) {
+                    Ok(prepared) => {
+                        tracing::debug!(path = %path.display(), ?prepared, "runtime state directory")
+                    }
+                    Err(err) => tracing::warn!(error = %err, "runtime state stays on disk"),
+                }
+            }
         }
         Ok(LocalRuntime {
             images,
@@ -264,6 +279,15 @@ impl LocalRuntime {
         ContainerPaths {
             dir: self.root.join("containers").join(&id.0),
         }
+    }
+
+    /// Container `id`'s root filesystem: mounted in its state directory, its writable
+    /// layer under `layers/` (on disk even when the state is on tmpfs).
+    fn container_rootfs(&self, id: &ContainerId) -> Rootfs {
+        Rootfs::split(
+            &self.container_paths(id).dir,
+            &self.root.join("layers").join(&id.0),
+        )
     }
 
     fn libcontainer_root(&self) -> PathBuf {
@@ -634,7 +658,7 @@ impl ContainerRuntime for LocalRuntime {
             self.remove_container(&id).await?;
         }
         let paths = self.container_paths(&id);
-        let rootfs = Rootfs::under(&paths.dir);
+        let rootfs = self.container_rootfs(&id);
         let namespaces = SandboxNamespaces {
             network: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
             ipc: Some(PathBuf::from(format!("/proc/{pid}/ns/ipc"))),
@@ -690,7 +714,7 @@ impl ContainerRuntime for LocalRuntime {
         .map_err(ShimError::Join)
         .map_err(failed("create container", &id.0))?;
         if let Err(err) = prepared {
-            let _ = Rootfs::under(&self.container_paths(&id).dir).remove();
+            let _ = self.container_rootfs(&id).remove();
             let _ = remove_dir(&self.container_paths(&id).dir);
             return Err(err);
         }
@@ -820,11 +844,12 @@ impl ContainerRuntime for LocalRuntime {
                 .await
                 .map_err(failed("remove container", &id.0))?;
         }
+        let rootfs = self.container_rootfs(id);
         let dir = paths.dir.clone();
         let log = meta.map(|m| m.log_path);
         tokio::task::spawn_blocking(
             move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-                Rootfs::under(&dir).remove()?;
+                rootfs.remove()?;
                 if let Some(log) = log {
                     // The live log and its rotated pieces.
                     let mut files = crate::shim::log::rotated_files(&log);

@@ -7,7 +7,8 @@
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
 //! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
-//! moves cheap; [`oneshot`] runs one container to its end (`RUN` of an image build).
+//! moves cheap; [`state_dirs`] keeps the runtime's bookkeeping on tmpfs; [`oneshot`] runs
+//! one container to its end (`RUN` of an image build).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -28,6 +29,7 @@ pub mod oneshot;
 pub mod rootfs;
 pub mod seccomp;
 pub mod state;
+pub mod state_dirs;
 
 pub use local::{LocalRuntime, LocalRuntimeConfig, LogRotation};
 

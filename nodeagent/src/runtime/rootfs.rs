@@ -41,7 +41,8 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The directories of one container's root filesystem under its state directory.
+/// The directories of one container's root filesystem: the mount point in its state
+/// directory, the writable layer (and overlayfs' scratch directory) in a layer directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rootfs {
     /// Where the overlay is mounted: the container's `/`.
@@ -55,10 +56,16 @@ pub struct Rootfs {
 impl Rootfs {
     /// The layout under `dir` (nothing is created).
     pub fn under(dir: &Path) -> Self {
+        Rootfs::split(dir, dir)
+    }
+
+    /// The mount point under `dir`, the writable layer under `layer` (which may be on
+    /// another file system than `dir`); nothing is created.
+    pub fn split(dir: &Path, layer: &Path) -> Self {
         Rootfs {
             merged: dir.join("rootfs"),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            upper: layer.join("upper"),
+            work: layer.join("work"),
         }
     }
 
@@ -152,6 +159,21 @@ impl Rootfs {
                 }
             }
         }
+        // A layer directory of its own (see [`Rootfs::split`]) is empty now.
+        if let Some(layer) = self.upper.parent() {
+            if Some(layer) != self.merged.parent() {
+                match std::fs::remove_dir(layer) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(Error::Remove {
+                            path: layer.to_path_buf(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -159,6 +181,18 @@ impl Rootfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_layout_keeps_the_writable_layer_apart() {
+        let rootfs = Rootfs::split(Path::new("/run/c1"), Path::new("/disk/layers/c1"));
+        assert_eq!(rootfs.merged, Path::new("/run/c1/rootfs"));
+        assert_eq!(rootfs.upper, Path::new("/disk/layers/c1/upper"));
+        assert_eq!(rootfs.work, Path::new("/disk/layers/c1/work"));
+        assert_eq!(
+            Rootfs::under(Path::new("/s/c1")).upper,
+            Path::new("/s/c1/upper")
+        );
+    }
 
     #[test]
     fn lowerdir_lists_the_top_layer_first() {

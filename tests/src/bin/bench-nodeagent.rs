@@ -169,6 +169,7 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         insecure_registries: vec![registry.addr.clone()],
         shim_binary: agent_binary()?,
         favor_dynamic_cgroups: true,
+        state_on_tmpfs: false,
     })
     .context("runtime")?;
     let image = runtime
