@@ -383,27 +383,24 @@ impl Drop for Agent {
 }
 
 /// Removes whatever the containers of an agent with state directory `root` left: kills
-/// their processes, shims and pause processes, unmounts their root filesystems and
-/// memory-backed volumes and removes their cgroups. For a stopped (or killed) agent.
+/// their processes, shims and pause processes, unmounts everything mounted under `root`
+/// (root filesystems, memory-backed volumes, the runtime's state tmpfs mounts) and
+/// removes their cgroups. For a stopped (or killed) agent.
 pub fn clean_up_agent_state(root: &Path) {
-    for id in entries(&root.join("containers")) {
-        let dir = root.join("containers").join(&id);
+    let containers = entries(&root.join("containers"));
+    for id in &containers {
+        let dir = root.join("containers").join(id);
         kill_pid_file(&dir.join("container.pid"));
         kill_pid_file(&dir.join("shim.pid"));
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-        for cgroup in cgroup_dirs(&id) {
-            let _ = std::fs::remove_dir(cgroup);
-        }
     }
     for id in entries(&root.join("sandboxes")) {
         kill_pid_file(&root.join("sandboxes").join(id).join("pause.pid"));
     }
-    // Memory-backed emptyDirs are tmpfs mounts under the pods' volume directories.
-    for uid in entries(&root.join("pods")) {
-        let volumes = root.join("pods").join(uid).join("volumes");
-        for name in entries(&volumes) {
-            let _ = nix::mount::umount2(&volumes.join(name), nix::mount::MntFlags::MNT_DETACH);
+    std::thread::sleep(Duration::from_millis(100));
+    rkube_ctl::lab::nodes::unmount_under(root);
+    for id in &containers {
+        for cgroup in cgroup_dirs(id) {
+            let _ = std::fs::remove_dir(cgroup);
         }
     }
 }
