@@ -33,7 +33,7 @@ use rkube_nodeagent::runtime::{
     ContainerConfig, ContainerRuntime, ContainerState, ImageRef, LocalRuntime, LocalRuntimeConfig,
     PullPolicy, Resources, SandboxConfig,
 };
-use rkube_tests::node::{cgroup_dirs, entries, kill_pid_file, pod, push_busybox, Registry};
+use rkube_tests::node::{clean_up_agent_state, entries, pod, push_busybox, Registry};
 use rkube_tests::{Etcd, TestApiserver};
 
 const STARTS: usize = 100;
@@ -50,21 +50,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let containers = self.root.join("containers");
-        for id in entries(&containers) {
-            let dir = containers.join(&id);
-            kill_pid_file(&dir.join("container.pid"));
-            kill_pid_file(&dir.join("shim.pid"));
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-            for cgroup in cgroup_dirs(&id) {
-                let _ = std::fs::remove_dir(cgroup);
-            }
-        }
-        let sandboxes = self.root.join("sandboxes");
-        for id in entries(&sandboxes) {
-            kill_pid_file(&sandboxes.join(id).join("pause.pid"));
-        }
+        clean_up_agent_state(&self.root);
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
