@@ -224,3 +224,60 @@ pub fn busybox_pod(name: &str, node: &str, image: &str, command: &[&str], labels
     })
     .to_string()
 }
+
+/// Whether `pid` is a live process (a zombie has no cmdline left to read).
+pub fn pid_alive(pid: i64) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+fn pid_in(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The containers an agent with root dir `root` runs, and the pids of their processes,
+/// helpers and pause processes (from the runtime's pid files).
+pub fn agent_processes(root: &Path) -> (Vec<String>, Vec<i64>) {
+    let mut pids = Vec::new();
+    let containers = crate::node::entries(&root.join("containers"));
+    for id in &containers {
+        let dir = root.join("containers").join(id);
+        pids.extend(pid_in(&dir.join("container.pid")));
+        pids.extend(pid_in(&dir.join("shim.pid")));
+    }
+    for id in crate::node::entries(&root.join("sandboxes")) {
+        pids.extend(pid_in(&root.join("sandboxes").join(id).join("pause.pid")));
+    }
+    (containers, pids)
+}
+
+/// Runs `rkube down` and asserts that it left nothing of `lab`: none of `pids` alive,
+/// none of the namespaces `netns`, no link of the lab's `bridge`, no mount under the
+/// state directory, no state directory and no `rkube` kubeconfig context.
+pub fn assert_down_leaves_nothing(lab: &Lab, pids: &[i64], netns: &[String], bridge: &str) {
+    let state = lab.state_dir().canonicalize().expect("state dir");
+    let down = lab.rkube(&["down"]);
+    assert!(down.status.success(), "rkube down failed");
+    let alive: Vec<i64> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+    assert!(alive.is_empty(), "processes left: {alive:?}");
+    for ns in netns {
+        assert!(
+            !Path::new("/run/netns").join(ns).exists(),
+            "netns {ns} left"
+        );
+    }
+    let links: Vec<String> = crate::node::entries(Path::new("/sys/class/net"))
+        .into_iter()
+        .filter(|l| l.starts_with(bridge))
+        .collect();
+    assert!(links.is_empty(), "links left: {links:?}");
+    let mounts = rkube_ctl::lab::nodes::mounts_under(&state);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!lab.state_dir().exists(), "state dir left");
+    let contexts = lab.kubectl(&["config", "get-contexts", "-o", "name"]);
+    assert!(contexts.status.success(), "kubectl config get-contexts");
+    let contexts = String::from_utf8_lossy(&contexts.stdout);
+    assert!(
+        contexts.lines().all(|c| c.trim() != "rkube"),
+        "the rkube context is gone: {contexts}"
+    );
+}

@@ -11,32 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rkube_ctl::lab::nodes::mounts_under;
 use rkube_tests::eventually;
-use rkube_tests::lab::{busybox_pod, require_binaries, test_underlay, Lab, LabPorts};
-use rkube_tests::node::{cgroup_dirs, entries, push_busybox_to};
+use rkube_tests::lab::{
+    agent_processes, assert_down_leaves_nothing, busybox_pod, pid_alive, require_binaries,
+    test_underlay, Lab, LabPorts,
+};
+use rkube_tests::node::{cgroup_dirs, push_busybox_to};
 use serde_json::Value;
 
 const NODES: usize = 2;
-
-fn pid_alive(pid: i64) -> bool {
-    // A zombie has no cmdline left to read: only live processes count.
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_string)
-        .collect()
-}
-
-fn pid_in(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
@@ -214,15 +198,9 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
     // What the containers made, to check that `down` removes it.
     let mut containers = Vec::new();
     for root in &roots {
-        for id in entries(&root.join("containers")) {
-            let dir = root.join("containers").join(&id);
-            pids.extend(pid_in(&dir.join("container.pid")));
-            pids.extend(pid_in(&dir.join("shim.pid")));
-            containers.push(id);
-        }
-        for id in entries(&root.join("sandboxes")) {
-            pids.extend(pid_in(&root.join("sandboxes").join(id).join("pause.pid")));
-        }
+        let (ids, processes) = agent_processes(root);
+        containers.extend(ids);
+        pids.extend(processes);
     }
     assert!(containers.len() >= NODES, "containers: {containers:?}");
     let state = lab.state_dir().canonicalize().expect("state dir");
@@ -237,35 +215,10 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
         "the running containers have cgroups"
     );
 
-    let down = lab.rkube(&["down"]);
-    assert!(down.status.success(), "rkube down failed");
-
-    let alive: Vec<i64> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
-    assert!(alive.is_empty(), "processes left: {alive:?}");
-    for ns in &netns {
-        assert!(
-            !Path::new("/run/netns").join(ns).exists(),
-            "netns {ns} left"
-        );
-    }
-    let links: Vec<String> = entries(Path::new("/sys/class/net"))
-        .into_iter()
-        .filter(|l| l.starts_with(&bridge))
-        .collect();
-    assert!(links.is_empty(), "links left: {links:?}");
-    let mounts = mounts_under(&state);
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert_down_leaves_nothing(&lab, &pids, &netns, &bridge);
     for id in &containers {
         for dir in cgroup_dirs(id) {
             assert!(!dir.exists(), "cgroup {} left", dir.display());
         }
     }
-    assert!(!lab.state_dir().exists(), "state dir left");
-    let contexts = lab.kubectl(&["config", "get-contexts", "-o", "name"]);
-    assert!(contexts.status.success(), "kubectl config get-contexts");
-    let contexts = String::from_utf8_lossy(&contexts.stdout);
-    assert!(
-        contexts.lines().all(|c| c.trim() != "rkube"),
-        "the rkube context is gone: {contexts}"
-    );
 }

@@ -24,8 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rkube_tests::lab::{bin_dir, require_binaries, test_underlay, Lab, LabPorts};
-use rkube_tests::node::entries;
+use rkube_tests::lab::{
+    agent_processes, assert_down_leaves_nothing, bin_dir, require_binaries, test_underlay, Lab,
+    LabPorts,
+};
 use serde_json::Value;
 
 /// The registry address of a lab with the default underlay and registry port, as
@@ -403,25 +405,6 @@ fn walkthrough(cli: &Cli, registry: &str, node_ips: &[String], node_port: u16) {
     assert!(described.contains("Liveness"), "describe: {described}");
 }
 
-fn pid_alive(pid: i64) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
-fn pid_in(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn walkthrough_with_rkubectl_and_kubectl_node_loss_and_down() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -554,41 +537,10 @@ fn walkthrough_with_rkubectl_and_kubectl_node_loss_and_down() {
         .map(|n| n["netns"].as_str().expect("netns").to_string())
         .collect();
     let bridge = status["bridge"].as_str().expect("bridge").to_string();
-    let state = lab.state_dir().canonicalize().expect("state dir");
     for node in status["nodes"].as_array().expect("nodes") {
         let root = PathBuf::from(node["root_dir"].as_str().expect("root dir"));
-        for id in entries(&root.join("containers")) {
-            let dir = root.join("containers").join(&id);
-            pids.extend(pid_in(&dir.join("container.pid")));
-            pids.extend(pid_in(&dir.join("shim.pid")));
-        }
-        for id in entries(&root.join("sandboxes")) {
-            pids.extend(pid_in(&root.join("sandboxes").join(id).join("pause.pid")));
-        }
+        pids.extend(agent_processes(&root).1);
     }
     assert!(pids.len() > 8, "the containers' processes: {pids:?}");
-    let down = lab.rkube(&["down"]);
-    assert!(down.status.success(), "rkube down failed");
-    let alive: Vec<i64> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
-    assert!(alive.is_empty(), "processes left: {alive:?}");
-    for ns in &netns {
-        assert!(
-            !Path::new("/run/netns").join(ns).exists(),
-            "netns {ns} left"
-        );
-    }
-    let links: Vec<String> = entries(Path::new("/sys/class/net"))
-        .into_iter()
-        .filter(|l| l.starts_with(&bridge))
-        .collect();
-    assert!(links.is_empty(), "links left: {links:?}");
-    let mounts = mounts_under(&state);
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    assert!(!lab.state_dir().exists(), "state dir left");
-    let contexts = lab.kubectl(&["config", "get-contexts", "-o", "name"]);
-    let contexts = String::from_utf8_lossy(&contexts.stdout);
-    assert!(
-        contexts.lines().all(|c| c.trim() != "rkube"),
-        "the rkube context is gone: {contexts}"
-    );
+    assert_down_leaves_nothing(&lab, &pids, &netns, &bridge);
 }
