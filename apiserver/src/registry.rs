@@ -277,6 +277,42 @@ fn cache_status(err: cache::Error) -> Box<Status> {
     })
 }
 
+/// A delete's uid and resourceVersion preconditions, checked against the stored object
+/// `obj` at `mod_revision`: a 409 naming what differs, as Kubernetes words it.
+///
+/// # Errors
+/// The conflict, or a precondition resourceVersion that is not a number.
+pub(crate) fn check_preconditions(
+    resource: &Resource,
+    name: &str,
+    obj: &Value,
+    mod_revision: i64,
+    pre: &Preconditions,
+) -> Result<()> {
+    let failed = |message: String| {
+        boxed(Status::conflict_message(
+            resource.group,
+            resource.plural,
+            name,
+            &format!("Precondition failed: {message}"),
+        ))
+    };
+    let uid = object::uid(obj).unwrap_or_default();
+    if let Some(want) = pre.uid.as_deref().filter(|u| *u != uid) {
+        return Err(failed(format!(
+            "UID in precondition: {want}, UID in object meta: {uid}"
+        )));
+    }
+    if let Some(want) = &pre.resource_version {
+        if parse_rv(want)? != mod_revision {
+            return Err(failed(format!(
+                "ResourceVersion in precondition: {want}, ResourceVersion in object meta: {mod_revision}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse_rv(rv: &str) -> Result<i64> {
     rv.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
         boxed(Status::bad_request(format!(
@@ -979,26 +1015,13 @@ impl Registry {
         for _attempt in 0..16 {
             let current = self.read(resource, namespace, name).await?;
             let obj = &current.value;
-            if let Some(uid) = &opts.preconditions.uid {
-                if object::uid(obj) != Some(uid.as_str()) {
-                    return Err(boxed(Status::conflict_message(
-                        resource.group,
-                        resource.plural,
-                        name,
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", object::uid(obj).unwrap_or_default()),
-                    )));
-                }
-            }
-            if let Some(rv) = &opts.preconditions.resource_version {
-                if parse_rv(rv)? != current.mod_revision {
-                    return Err(boxed(Status::conflict_message(
-                        resource.group,
-                        resource.plural,
-                        name,
-                        &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.mod_revision),
-                    )));
-                }
-            }
+            check_preconditions(
+                resource,
+                name,
+                obj,
+                current.mod_revision,
+                &opts.preconditions,
+            )?;
             let dry_run = !opts.dry_run.is_empty();
             let key = storage::key(resource, Self::ns_of(resource, namespace), name);
             let outcome = strategy::plan_delete(resource, obj, opts);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use rkube_api::{object, status::Status, Resource, Subresource};
 
 use super::{json_response, Query};
-use crate::registry::{now_rfc3339, DeleteOptions, Preconditions, Registry, WriteOptions};
+use crate::registry::{check_preconditions, now_rfc3339, DeleteOptions, Registry, WriteOptions};
 
 /// The pod condition an API-initiated eviction leaves behind.
 const DISRUPTION_TARGET: &str = "DisruptionTarget";
@@ -168,40 +168,6 @@ async fn evict(
     Err(Box::new(Status::conflict(pods.group, pods.plural, name)))
 }
 
-/// A delete's uid and resourceVersion preconditions, checked against the stored pod.
-fn check_preconditions(
-    pods: &Resource,
-    name: &str,
-    pod: &Value,
-    mod_revision: i64,
-    pre: &Preconditions,
-) -> Result<(), Box<Status>> {
-    let failed = |message: String| {
-        Box::new(Status::conflict_message(
-            pods.group,
-            pods.plural,
-            name,
-            &format!("Precondition failed: {message}"),
-        ))
-    };
-    let uid = object::uid(pod).unwrap_or_default();
-    if let Some(want) = pre.uid.as_deref().filter(|u| *u != uid) {
-        return Err(failed(format!(
-            "UID in precondition: {want}, UID in object meta: {uid}"
-        )));
-    }
-    if let Some(want) = pre
-        .resource_version
-        .as_deref()
-        .filter(|rv| *rv != mod_revision.to_string())
-    {
-        return Err(failed(format!(
-            "ResourceVersion in precondition: {want}, ResourceVersion in object meta: {mod_revision}"
-        )));
-    }
-    Ok(())
-}
-
 /// The pod with `DisruptionTarget=True` (reason `EvictionByEvictionAPI`) in its status
 /// conditions, or `None` when it already says so. The transition time moves only when
 /// the condition's status does.
@@ -245,6 +211,7 @@ fn with_disruption_target(pod: &Value, now: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Preconditions;
     use crate::rest::query_of as query;
 
     fn eviction(name: &str) -> Value {
