@@ -640,24 +640,7 @@ mod tests {
             .await
             .expect("image");
         let id = runtime
-            .create_container(
-                &sandbox,
-                &runtime::ContainerConfig {
-                    name: "app".into(),
-                    image,
-                    command: vec![],
-                    args: vec![],
-                    env: vec![],
-                    working_dir: None,
-                    run_as_user: None,
-                    run_as_group: None,
-                    read_only_root_filesystem: false,
-                    security: Default::default(),
-                    resources: Default::default(),
-                    mounts: vec![],
-                    attempt: 0,
-                },
-            )
+            .create_container(&sandbox, &runtime::ContainerConfig::new("app", image, &[]))
             .await
             .expect("container");
         let command = vec!["cat".to_string(), "/tmp/healthy".to_string()];

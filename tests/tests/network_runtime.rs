@@ -18,7 +18,7 @@ use rkube_nodeagent::network::overlay::Peer;
 use rkube_nodeagent::network::{host_veth, NetworkConfig, NetworkHandle};
 use rkube_nodeagent::runtime::{
     ContainerConfig, ContainerRuntime, ImageRef, LocalRuntime, LocalRuntimeConfig, PullPolicy,
-    Resources, SandboxConfig, StopSignal,
+    SandboxConfig, StopSignal,
 };
 use rkube_tests::netlab::{lab_ip, tcp, Lab, NodeNetwork};
 use rkube_tests::node::{
@@ -59,21 +59,7 @@ impl Drop for RuntimeGuard {
 }
 
 fn sleeper(image: &ImageRef) -> ContainerConfig {
-    ContainerConfig {
-        name: "main".into(),
-        image: image.clone(),
-        command: vec!["sleep".into(), "1000".into()],
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        run_as_user: None,
-        run_as_group: None,
-        read_only_root_filesystem: false,
-        security: Default::default(),
-        resources: Resources::default(),
-        mounts: vec![],
-        attempt: 0,
-    }
+    ContainerConfig::new("main", image.clone(), &["sleep", "1000"])
 }
 
 fn sandbox(pid: u32, name: &str) -> SandboxConfig {

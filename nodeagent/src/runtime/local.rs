@@ -2,8 +2,9 @@
 //! ([`super::image`]), pod sandboxes held by a `shim pause` process, and containers run
 //! by one `shim run` helper each (see [`crate::shim`]): the agent only prepares the
 //! bundle (overlay root from [`super::rootfs`], `config.json` from [`super::container`]),
-//! starts the helper with `std::process::Command` and from then on talks to it through
-//! the files of [`super::state`] and signals. libcontainer never runs in the agent.
+//! has the helper forked by its [`super::spawner`] (or executes it when the spawner
+//! cannot) and from then on talks to it through the files of [`super::state`] and
+//! signals. libcontainer never runs in the agent.
 //!
 //! Layout under the root directory: `sandboxes/<id>/`, `containers/<id>/` (bundle and
 //! state), `logs/<sandbox>/<container>/<attempt>.log` (rotated to `<attempt>.log.<n>`),
@@ -26,6 +27,7 @@ use super::exec::{self, ExecProcess, ExecRequest, ExecTarget};
 use super::host_cgroups;
 use super::image::ImageStore;
 use super::rootfs::Rootfs;
+use super::spawner::{self, Spawner};
 use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
@@ -90,6 +92,12 @@ pub enum ShimError {
     },
     #[error("the blocking task was interrupted")]
     Join(#[source] tokio::task::JoinError),
+    #[error("shim {command} was started, but how it ended is unknown")]
+    Spawner {
+        command: &'static str,
+        #[source]
+        source: spawner::Error,
+    },
     #[error("the pod network is not up yet (waiting for the node's podCIDR)")]
     NetworkNotReady,
     #[error("failed to attach the sandbox to the pod network")]
@@ -102,6 +110,7 @@ pub struct LocalRuntime {
     images: ImageStore,
     root: PathBuf,
     shim: PathBuf,
+    spawner: Spawner,
     log_rotation: LogRotation,
     /// The pod network sandboxes are attached to; `None`: loopback-only pods.
     network: Option<NetworkHandle>,
@@ -186,6 +195,7 @@ impl LocalRuntime {
         Ok(LocalRuntime {
             images,
             root,
+            spawner: Spawner::new(config.shim_binary.clone()),
             shim: config.shim_binary,
             log_rotation: LogRotation::default(),
             network: None,
@@ -302,8 +312,27 @@ impl LocalRuntime {
     }
 
     /// Runs `<shim> shim <command> <args>` and waits for its launcher, which returns once
-    /// the helper is ready.
+    /// the helper is ready: forked by the [`Spawner`], or executed when the spawner
+    /// could not take the request.
     async fn shim(&self, command: &'static str, args: Vec<&OsStr>) -> Result<(), ShimError> {
+        let reply = self
+            .spawner
+            .run(command, &args)
+            .await
+            .map_err(|source| ShimError::Spawner { command, source })?;
+        if let Some(reply) = reply {
+            if reply.success() {
+                return Ok(());
+            }
+            return Err(ShimError::Failed {
+                command,
+                message: if reply.message.is_empty() {
+                    reply.status
+                } else {
+                    reply.message
+                },
+            });
+        }
         let mut cmd = Command::new(&self.shim);
         cmd.arg("shim")
             .arg(command)
@@ -960,27 +989,17 @@ impl ContainerRuntime for LocalRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ImageRef, Resources};
+    use super::super::ImageRef;
     use super::*;
 
     fn container(name: &str, attempt: u32) -> ContainerConfig {
+        let image = ImageRef {
+            image: "busybox".into(),
+            image_id: "busybox@sha256:x".into(),
+        };
         ContainerConfig {
-            name: name.into(),
-            image: ImageRef {
-                image: "busybox".into(),
-                image_id: "busybox@sha256:x".into(),
-            },
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            working_dir: None,
-            run_as_user: None,
-            run_as_group: None,
-            read_only_root_filesystem: false,
-            security: Default::default(),
-            resources: Resources::default(),
-            mounts: Vec::new(),
             attempt,
+            ..ContainerConfig::new(name, image, &[])
         }
     }
 

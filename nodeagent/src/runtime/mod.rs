@@ -7,8 +7,9 @@
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
 //! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
-//! moves cheap; [`state_dirs`] keeps the runtime's bookkeeping on tmpfs; [`oneshot`] runs
-//! one container to its end (`RUN` of an image build).
+//! moves cheap; [`state_dirs`] keeps the runtime's bookkeeping on tmpfs; [`spawner`]
+//! forks the helpers from one pre-started process; [`oneshot`] runs one container to its
+//! end (`RUN` of an image build).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -28,6 +29,7 @@ pub mod logs;
 pub mod oneshot;
 pub mod rootfs;
 pub mod seccomp;
+pub mod spawner;
 pub mod state;
 pub mod state_dirs;
 
@@ -173,6 +175,27 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// How many times this container was started before in this pod (0 first).
     pub attempt: u32,
+}
+
+impl ContainerConfig {
+    /// A first attempt of `image` running `command`, with nothing else set.
+    pub fn new(name: &str, image: ImageRef, command: &[&str]) -> Self {
+        ContainerConfig {
+            name: name.into(),
+            image,
+            command: command.iter().map(|c| c.to_string()).collect(),
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            run_as_user: None,
+            run_as_group: None,
+            read_only_root_filesystem: false,
+            security: Security::default(),
+            resources: Resources::default(),
+            mounts: vec![],
+            attempt: 0,
+        }
+    }
 }
 
 /// A container's privileges, from its `securityContext` (and the pod's).

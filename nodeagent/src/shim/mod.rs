@@ -11,6 +11,8 @@
 //! - [`pause`]: `shim pause` holds a pod sandbox's network, IPC and UTS namespaces.
 //! - [`exec`]: `shim exec` runs a command in a running container (a child of the agent,
 //!   not detached) and reports its exit on a control socket.
+//! - [`spawner`]: `shim spawner`, started once per runtime, forks `run`, `pause` and
+//!   `delete` helpers on request instead of the agent executing its binary for each.
 //!
 //! Long-lived helpers [`detach`]: the process the agent started (the launcher) exits as
 //! soon as the helper reports that it is ready (status 0) or failed (status 1, the
@@ -32,6 +34,7 @@ pub mod exec;
 pub mod log;
 pub mod memory;
 pub mod pause;
+pub mod spawner;
 
 /// What a helper can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,8 @@ pub enum Command {
     Pause(pause::PauseArgs),
     /// Run a command in a running container and report how it ended.
     Exec(exec::ExecArgs),
+    /// Fork helpers on the runtime's requests (started once per runtime).
+    Spawner(spawner::SpawnerArgs),
 }
 
 /// `shim <command>` on its own, for binaries that embed the helper (the tests).
@@ -106,6 +111,7 @@ pub fn main(command: Command) -> ExitCode {
         Command::Delete(args) => container::delete(&args),
         Command::Pause(args) => pause::run(&args),
         Command::Exec(args) => exec::run(&args),
+        Command::Spawner(args) => spawner::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
