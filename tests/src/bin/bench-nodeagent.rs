@@ -6,7 +6,8 @@
 //!   `true` container through [`LocalRuntime`] and its `shim` helper (the released
 //!   `rkube-nodeagent` binary, as pods use it), median of 100;
 //! - `runtime.runc.median` (ms): `runc run` of the same bundle (same config.json and
-//!   root filesystem), median of 100; `runtime.vs_runc` (x): runc's median / ours;
+//!   root filesystem), median of 100, each run right after one of ours;
+//!   `runtime.vs_runc` (x): runc's median / ours;
 //! - `nodeagent.pod_start.p50` (ms): a pod created bound to the node, with its image
 //!   present, until a watch sees it Running — one `rkube-nodeagent` process (from
 //!   target/release) against a real apiserver and etcd, 20 pods one after another;
@@ -31,7 +32,7 @@ use rkube_client::{watcher, Api, Client, DeleteParams, WatcherConfig};
 use rkube_ctl::pki::Component;
 use rkube_nodeagent::runtime::{
     ContainerConfig, ContainerRuntime, ContainerState, ImageRef, LocalRuntime, LocalRuntimeConfig,
-    PullPolicy, Resources, SandboxConfig,
+    PullPolicy, SandboxConfig,
 };
 use rkube_tests::node::{clean_up_agent_state, entries, pod, push_busybox, Registry};
 use rkube_tests::{Etcd, TestApiserver};
@@ -126,23 +127,14 @@ fn agent_binary() -> anyhow::Result<PathBuf> {
 
 fn container(image: &ImageRef, attempt: u32) -> ContainerConfig {
     ContainerConfig {
-        name: "bench".into(),
-        image: image.clone(),
-        command: vec!["true".into()],
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        run_as_user: None,
-        run_as_group: None,
-        read_only_root_filesystem: false,
-        security: Default::default(),
-        resources: Resources::default(),
-        mounts: vec![],
         attempt,
+        ..ContainerConfig::new("bench", image.clone(), &["true"])
     }
 }
 
-/// `runtime.start.median`, `runtime.runc.median` and `runtime.vs_runc`.
+/// `runtime.start.median`, `runtime.runc.median` and `runtime.vs_runc`. Each round
+/// runs one container of ours, then `runc run` of the same bundle, so that the VM's
+/// drift over the run weighs on both alike.
 async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()> {
     let root = tempfile::Builder::new()
         .prefix("rkube-bench-runtime-")
@@ -150,12 +142,13 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         .context("runtime dir")?
         .keep();
     let _cleanup = Cleanup { root: root.clone() };
+    // As the agent binary configures it for pods.
     let runtime = LocalRuntime::new(LocalRuntimeConfig {
         root_dir: root.clone(),
         insecure_registries: vec![registry.addr.clone()],
         shim_binary: agent_binary()?,
         favor_dynamic_cgroups: true,
-        state_on_tmpfs: false,
+        state_on_tmpfs: true,
     })
     .context("runtime")?;
     let image = runtime
@@ -171,14 +164,25 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         })
         .await
         .context("sandbox")?;
+    // runc's bundle: a created, never started container's directory.
+    let runc_bundle = runtime
+        .create_container(&sandbox, &container(&image, 10_000))
+        .await
+        .context("create the runc bundle")?;
+    let bundle = root.join("containers").join(&runc_bundle.0);
+    // runc's own state on a tmpfs, where it keeps it by default (/run/runc).
+    let runc_root = root.join("runc");
+    std::fs::create_dir_all(&runc_root).context("runc root")?;
+    rkube_nodeagent::runtime::state_dirs::prepare(&runc_root).context("runc root on tmpfs")?;
 
     let mut ours = Vec::with_capacity(STARTS);
+    let mut theirs = Vec::with_capacity(STARTS);
     // Per phase: create, start, until the exit is recorded, remove.
     let mut phases: [Vec<Duration>; 4] = Default::default();
-    for attempt in 0..=STARTS as u32 {
+    for round in 0..=STARTS as u32 {
         let started = Instant::now();
         let id = runtime
-            .create_container(&sandbox, &container(&image, attempt))
+            .create_container(&sandbox, &container(&image, round))
             .await
             .context("create")?;
         let created = Instant::now();
@@ -195,10 +199,13 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         }
         let exited = Instant::now();
         runtime.remove_container(&id).await.context("remove")?;
-        // The first start warms the page cache and the image's layers: not counted.
-        if attempt > 0 {
-            ours.push(started.elapsed());
-            let marks = [started, created, running, exited, Instant::now()];
+        let ours_took = started.elapsed();
+        let marks = [started, created, running, exited, Instant::now()];
+        let runc_took = runc_run(&runc_root, &bundle, round)?;
+        // The first round warms the page cache and the image's layers: not counted.
+        if round > 0 {
+            ours.push(ours_took);
+            theirs.push(runc_took);
             for (phase, pair) in phases.iter_mut().zip(marks.windows(2)) {
                 phase.push(pair[1] - pair[0]);
             }
@@ -212,58 +219,53 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         ms(median(wait)),
         ms(median(remove))
     );
-    let ours = median(&mut ours);
-    println!("BENCH runtime.start.median {:.2} ms", ms(ours));
-
-    // runc on the same bundle: a created, never started container's directory.
-    let id = runtime
-        .create_container(&sandbox, &container(&image, 10_000))
+    runtime
+        .remove_container(&runc_bundle)
         .await
-        .context("create the runc bundle")?;
-    let bundle = root.join("containers").join(&id.0);
-    let runc_root = root.join("runc");
-    let mut theirs = Vec::with_capacity(STARTS);
-    for n in 0..=STARTS {
-        let name = format!("rkube-bench-runc-{}-{n}", std::process::id());
-        let started = Instant::now();
-        let status = Command::new(RUNC)
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(&name)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .with_context(|| format!("run {RUNC} (apt-get install runc)"))?;
-        if !status.status.success() {
-            let _ = Command::new(RUNC)
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force", &name])
-                .output();
-            bail!(
-                "runc run failed: {}",
-                String::from_utf8_lossy(&status.stderr).trim()
-            );
-        }
-        if n > 0 {
-            theirs.push(started.elapsed());
-        }
-    }
-    runtime.remove_container(&id).await.context("remove")?;
+        .context("remove")?;
     runtime
         .remove_sandbox(&sandbox)
         .await
         .context("remove sandbox")?;
+    let ours = median(&mut ours);
     let theirs = median(&mut theirs);
+    println!("BENCH runtime.start.median {:.2} ms", ms(ours));
     println!("BENCH runtime.runc.median {:.2} ms", ms(theirs));
     println!(
         "BENCH runtime.vs_runc {:.2} x",
         theirs.as_secs_f64() / ours.as_secs_f64()
     );
     Ok(())
+}
+
+/// One `runc run` of `bundle` (create, start, wait, delete), timed.
+fn runc_run(runc_root: &Path, bundle: &Path, round: u32) -> anyhow::Result<Duration> {
+    let name = format!("rkube-bench-runc-{}-{round}", std::process::id());
+    let started = Instant::now();
+    let status = Command::new(RUNC)
+        .arg("--root")
+        .arg(runc_root)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(&name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("run {RUNC} (apt-get install runc)"))?;
+    let took = started.elapsed();
+    if !status.status.success() {
+        let _ = Command::new(RUNC)
+            .arg("--root")
+            .arg(runc_root)
+            .args(["delete", "--force", &name])
+            .output();
+        bail!(
+            "runc run failed: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        );
+    }
+    Ok(took)
 }
 
 /// When a watch first saw each pod Running.
