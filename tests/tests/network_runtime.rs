@@ -207,6 +207,17 @@ async fn sandboxes_join_the_pod_network() {
         .expect("cat hosts");
     let hosts = String::from_utf8_lossy(&hosts.output).to_string();
     assert!(hosts.contains(&format!("{ip_a}\tweb-a")), "{hosts}");
+    // Their mount points came from the shared mount-point layer: the container's
+    // writable layer holds none of them (nor a copied-up /etc).
+    let upper = state
+        .path()
+        .join("runtime0")
+        .join("layers")
+        .join(&container.0)
+        .join("upper");
+    assert_eq!(entries(&upper), Vec::<String>::new(), "{}", upper.display());
+    let layers = entries(&state.path().join("runtime0").join("mountpoints"));
+    assert_eq!(layers.len(), 1, "{layers:?}");
 
     // Removal releases the address and the host's end of the veth.
     runtimes[0]

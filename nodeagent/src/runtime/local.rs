@@ -8,7 +8,8 @@
 //!
 //! Layout under the root directory: `sandboxes/<id>/`, `containers/<id>/` (bundle and
 //! state), `logs/<sandbox>/<container>/<attempt>.log` (rotated to `<attempt>.log.<n>`),
-//! `exec/` (one private directory per exec session) and `lc/` (libcontainer's state).
+//! `exec/` (one private directory per exec session), `lc/` (libcontainer's state),
+//! `layers/<id>/` (writable layers) and `mountpoints/` (see [`super::mountpoints`]).
 //! Cgroups are `/rkube/<container id>` in every hierarchy (v1) or in the unified one.
 
 use std::ffi::OsStr;
@@ -26,6 +27,7 @@ use super::container::SandboxNamespaces;
 use super::exec::{self, ExecProcess, ExecRequest, ExecTarget};
 use super::host_cgroups;
 use super::image::ImageStore;
+use super::mountpoints;
 use super::rootfs::Rootfs;
 use super::spawner::{self, Spawner};
 use super::state::{
@@ -719,17 +721,33 @@ impl ContainerRuntime for LocalRuntime {
             log_path,
             cgroup_path,
         };
-        let layers: Vec<PathBuf> = record
+        let mut layers: Vec<PathBuf> = record
             .layers
             .iter()
             .map(|digest| self.images.layer_dir(digest))
             .collect();
+        // Bind-mounted files (the pod network's /etc files, file volumes) whose
+        // mount points the mount-point layer may hold.
+        let mounted_files: Vec<PathBuf> = config
+            .mounts
+            .iter()
+            .filter(|m| m.host_path.is_file())
+            .map(|m| PathBuf::from(&m.container_path))
+            .collect();
+        let mountpoints_store = self.root.join("mountpoints");
         let task_id = id.0.clone();
         let prepared = tokio::task::spawn_blocking(move || -> Result<()> {
             if let Some(parent) = meta.log_path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(io_error(parent))
                     .map_err(failed("create log directory", &task_id))?;
+            }
+            let files: Vec<&Path> = mounted_files.iter().map(PathBuf::as_path).collect();
+            match mountpoints::layer(&mountpoints_store, &layers, &files) {
+                Ok(Some(top)) => layers.push(top),
+                Ok(None) => {}
+                // Slower, not wrong: libcontainer creates the mount points itself.
+                Err(err) => tracing::warn!(error = %err, "no mount-point layer"),
             }
             rootfs
                 .mount(&layers)

@@ -4,6 +4,7 @@
 //!
 //! The built-in runtime's parts: [`image`] (pull, verify, content-addressed layer store),
 //! [`layer`] (tar unpacking with overlay whiteouts), [`rootfs`] (the overlay mount),
+//! [`mountpoints`] (the shared layer holding the mount points),
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
 //! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
@@ -26,6 +27,7 @@ pub mod image;
 pub mod layer;
 pub mod local;
 pub mod logs;
+pub mod mountpoints;
 pub mod oneshot;
 pub mod rootfs;
 pub mod seccomp;
