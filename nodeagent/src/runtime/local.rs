@@ -872,8 +872,12 @@ impl ContainerRuntime for LocalRuntime {
                 .await
                 .map_err(failed("remove container", &id.0))?;
         }
-        // The helper deletes libcontainer's state after recording the exit; wait for it
-        // to finish, and clean up after it when it died first.
+        // The helper deletes libcontainer's state and the cgroups after recording the
+        // exit. Once the container's process is gone (its exit recorded, or it never
+        // ran) its root file system is not the helper's business: it goes meanwhile.
+        let rootfs = self.container_rootfs(id);
+        let process_gone = paths.exited().exists() || !paths.pid().exists();
+        let unmounting = process_gone.then(|| tokio::task::spawn_blocking(move || rootfs.remove()));
         if let Some(shim) =
             state::read_pid(&paths.shim_pid()).map_err(failed("remove container", &id.0))?
         {
@@ -891,12 +895,23 @@ impl ContainerRuntime for LocalRuntime {
                 .await
                 .map_err(failed("remove container", &id.0))?;
         }
+        let unmounted = match unmounting {
+            Some(task) => Some(
+                task.await
+                    .map_err(ShimError::Join)
+                    .map_err(failed("remove container", &id.0))?,
+            ),
+            None => None,
+        };
         let rootfs = self.container_rootfs(id);
         let dir = paths.dir.clone();
         let log = meta.map(|m| m.log_path);
         tokio::task::spawn_blocking(
             move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-                rootfs.remove()?;
+                match unmounted {
+                    Some(result) => result?,
+                    None => rootfs.remove()?,
+                }
                 if let Some(log) = log {
                     // The live log and its rotated pieces.
                     let mut files = crate::shim::log::rotated_files(&log);
