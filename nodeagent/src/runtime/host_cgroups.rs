@@ -129,6 +129,19 @@ fn plan(mountinfo: &str) -> Vec<Remount> {
     remounts
 }
 
+/// The mount points of every cgroup hierarchy, v1 and v2, in `mountinfo`.
+pub fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            let target = before.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(target))
+        })
+        .collect()
+}
+
 /// One mountinfo line of a cgroup2 mount, split into the parts a remount needs.
 struct Cgroup2Mount<'a> {
     target: &'a str,
@@ -168,6 +181,17 @@ mod tests {
 31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
 32 30 0:28 / /sys/fs/cgroup/memory rw,relatime shared:11 - cgroup cgroup rw,memory
 ";
+
+    #[test]
+    fn hierarchies_are_the_cgroup_mounts_of_both_versions() {
+        assert_eq!(
+            hierarchies(HYBRID),
+            [
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
+    }
 
     #[test]
     fn a_cgroup2_mount_without_the_option_is_remounted_keeping_its_options() {

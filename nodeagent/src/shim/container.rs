@@ -79,7 +79,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     ready.ok();
     memory::release();
-    let (mut container, stdout, stderr) = started;
+    let (container, stdout, stderr) = started;
     let pid = container
         .pid()
         .map(|pid| Pid::from_raw(pid.as_raw()))
@@ -102,13 +102,48 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // Reaped only now: until the record exists the pid cannot be reused, so the agent
     // never signals a stranger.
     nix::sys::wait::waitpid(Some(pid), None).map_err(sys("reap the container"))?;
-    container
-        .delete(true)
-        .map_err(|source| Error::Libcontainer {
-            operation: "delete",
-            id: args.id.clone(),
-            source: Box::new(source),
-        })
+    drop(container);
+    remove_ended(args)
+}
+
+/// What libcontainer's `Container::delete` does for an ended container without hooks —
+/// remove its cgroups and libcontainer's state directory — without resolving each
+/// hierarchy's mount point through procfs again (2 ms of every container on cgroup v1,
+/// most of its removal).
+fn remove_ended(args: &RunArgs) -> Result<()> {
+    let mountinfo_path = Path::new("/proc/self/mountinfo");
+    let mountinfo = std::fs::read_to_string(mountinfo_path).map_err(io(mountinfo_path))?;
+    let relative = args.cgroup.strip_prefix("/").unwrap_or(&args.cgroup);
+    for hierarchy in crate::runtime::host_cgroups::hierarchies(&mountinfo) {
+        remove_cgroup(&hierarchy.join(relative))?;
+    }
+    let state = args.root.join(&args.id);
+    match std::fs::remove_dir_all(&state) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io(&state)(source)),
+    }
+}
+
+/// Removes one ended container's cgroup, killing what is left in it first (children
+/// the kernel is still tearing down with the container's pid namespace), as
+/// libcontainer does: a few tries, 10 to 40 ms apart.
+fn remove_cgroup(dir: &Path) -> Result<()> {
+    const TRIES: u32 = 4;
+    for attempt in 1..=TRIES {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) if attempt == TRIES => return Err(io(dir)(source)),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))),
+        }
+    }
+    Ok(())
 }
 
 /// Creates and starts the container with its output on two pipes; records its pid.
