@@ -3,7 +3,8 @@
 //! executed helpers in `ps` (so tools that look for a helper by its bundle still find
 //! it) and live on detached from it; a helper's failure and its message come back
 //! through it; a killed spawner is replaced on the next start; and it exits with the
-//! runtime.
+//! runtime. A container's root file system is mounted in its helper's mount namespace
+//! only.
 //!
 //! Its own `main` (harness = false): this binary doubles as the runtime's helper.
 
@@ -154,6 +155,20 @@ async fn one_spawner_forks_the_helpers() {
         runtime.container_status(&first).await.expect("status"),
         ContainerState::Running { .. }
     ));
+    // Its root file system is mounted in the helper's mount namespace, not the node's.
+    let rootfs = root.join("containers").join(&first.0).join("rootfs");
+    let node_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !node_mounts.contains(&rootfs.display().to_string()),
+        "{} is in the node's mount table",
+        rootfs.display()
+    );
+    let helper_mounts =
+        std::fs::read_to_string(format!("/proc/{helper}/mountinfo")).expect("helper mountinfo");
+    assert!(
+        helper_mounts.contains(&rootfs.display().to_string()),
+        "{helper_mounts}"
+    );
 
     // A killed spawner is replaced by the next start, which works.
     nix::sys::signal::kill(

@@ -714,12 +714,13 @@ impl ContainerRuntime for LocalRuntime {
             .join(&sandbox.0)
             .join(sanitize(&config.name, 63))
             .join(format!("{}.log", config.attempt));
-        let meta = ContainerMeta {
+        let mut meta = ContainerMeta {
             sandbox: sandbox.0.clone(),
             name: config.name.clone(),
             attempt: config.attempt,
             log_path,
             cgroup_path,
+            overlay: None,
         };
         let mut layers: Vec<PathBuf> = record
             .layers
@@ -749,8 +750,16 @@ impl ContainerRuntime for LocalRuntime {
                 // Slower, not wrong: libcontainer creates the mount points itself.
                 Err(err) => tracing::warn!(error = %err, "no mount-point layer"),
             }
+            // The helper mounts the overlay in a mount namespace of its own: the
+            // node's mount table does not grow by a long overlay line per container,
+            // which libcontainer reads a dozen times for every container it starts.
+            meta.overlay = Some(
+                rootfs
+                    .overlay_options(&layers)
+                    .map_err(failed("mount root filesystem", &task_id))?,
+            );
             rootfs
-                .mount(&layers)
+                .prepare()
                 .map_err(failed("mount root filesystem", &task_id))?;
             spec.save(paths.config())
                 .map_err(failed("write OCI config", &task_id))?;
@@ -810,7 +819,7 @@ impl ContainerRuntime for LocalRuntime {
         let root = self.libcontainer_root();
         let max_size = self.log_rotation.max_size.to_string();
         let max_files = self.log_rotation.max_files.to_string();
-        let args = vec![
+        let mut args = vec![
             OsStr::new("--id"),
             OsStr::new(&id.0),
             OsStr::new("--bundle"),
@@ -826,6 +835,9 @@ impl ContainerRuntime for LocalRuntime {
             OsStr::new("--log-max-files"),
             OsStr::new(&max_files),
         ];
+        if let Some(options) = &meta.overlay {
+            args.extend([OsStr::new("--overlay"), OsStr::new(options)]);
+        }
         self.shim("run", args)
             .await
             .map_err(failed("start container", &id.0))
@@ -873,11 +885,8 @@ impl ContainerRuntime for LocalRuntime {
                 .map_err(failed("remove container", &id.0))?;
         }
         // The helper deletes libcontainer's state and the cgroups after recording the
-        // exit. Once the container's process is gone (its exit recorded, or it never
-        // ran) its root file system is not the helper's business: it goes meanwhile.
-        let rootfs = self.container_rootfs(id);
-        let process_gone = paths.exited().exists() || !paths.pid().exists();
-        let unmounting = process_gone.then(|| tokio::task::spawn_blocking(move || rootfs.remove()));
+        // exit, and its mount namespace holds the root file system: wait for it to
+        // finish, and clean up after it when it died first.
         if let Some(shim) =
             state::read_pid(&paths.shim_pid()).map_err(failed("remove container", &id.0))?
         {
@@ -895,23 +904,12 @@ impl ContainerRuntime for LocalRuntime {
                 .await
                 .map_err(failed("remove container", &id.0))?;
         }
-        let unmounted = match unmounting {
-            Some(task) => Some(
-                task.await
-                    .map_err(ShimError::Join)
-                    .map_err(failed("remove container", &id.0))?,
-            ),
-            None => None,
-        };
         let rootfs = self.container_rootfs(id);
         let dir = paths.dir.clone();
         let log = meta.map(|m| m.log_path);
         tokio::task::spawn_blocking(
             move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-                match unmounted {
-                    Some(result) => result?,
-                    None => rootfs.remove()?,
-                }
+                rootfs.remove()?;
                 if let Some(log) = log {
                     // The live log and its rotated pieces.
                     let mut files = crate::shim::log::rotated_files(&log);

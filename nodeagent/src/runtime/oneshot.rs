@@ -315,6 +315,8 @@ impl LocalRuntime {
             // In the bundle: removed with it.
             log_path: paths.dir.join("output.log"),
             cgroup_path: cgroup_path(id),
+            // The build mounted the root file system already.
+            overlay: None,
         };
         let log_path = meta.log_path.clone();
         let bundle = paths.clone();

@@ -41,6 +41,37 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Mounts an overlay with `options` (from [`Rootfs::overlay_options`]) at `target`.
+///
+/// The overlay is `volatile` where the kernel knows that option (5.10 and later): it
+/// never syncs the upper filesystem, so its unmount does not wait for a journal commit
+/// of the whole disk (5 to 15 ms of every container's removal). The writable layer is
+/// thrown away with its container and a container does not survive a reboot, so
+/// nothing is lost that would have been kept.
+///
+/// # Errors
+/// When the mount fails (needs root).
+pub fn mount_overlay(target: &Path, options: &str) -> Result<()> {
+    let mount = |options: &str| {
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options),
+        )
+    };
+    match mount(&format!("{options},volatile")) {
+        // A kernel older than `volatile`.
+        Err(nix::Error::EINVAL) => mount(options),
+        other => other,
+    }
+    .map_err(|source| Error::Mount {
+        path: target.to_path_buf(),
+        source,
+    })
+}
+
 /// The directories of one container's root filesystem: the mount point in its state
 /// directory, the writable layer (and overlayfs' scratch directory) in a layer directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,42 +100,30 @@ impl Rootfs {
         }
     }
 
-    /// Mounts the overlay of `layers` (bottom first) with a fresh writable layer.
-    ///
-    /// The overlay is `volatile` where the kernel knows that option (5.10 and later): it
-    /// never syncs the upper filesystem, so its unmount does not wait for a journal
-    /// commit of the whole disk (5 to 15 ms of every container's removal). The writable
-    /// layer is thrown away with its container and a container does not survive a
-    /// reboot, so nothing is lost that would have been kept.
+    /// Mounts the overlay of `layers` (bottom first) with a fresh writable layer, in
+    /// this process's mount namespace.
     ///
     /// # Errors
     /// When a directory cannot be created or the mount fails (needs root).
     pub fn mount(&self, layers: &[PathBuf]) -> Result<()> {
         let options = self.overlay_options(layers)?;
+        self.prepare()?;
+        mount_overlay(&self.merged, &options)
+    }
+
+    /// Creates the mount point and the writable layer, for [`mount_overlay`] to mount
+    /// later, possibly in another mount namespace.
+    ///
+    /// # Errors
+    /// When a directory cannot be created.
+    pub fn prepare(&self) -> Result<()> {
         for dir in [&self.merged, &self.upper, &self.work] {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
                 path: dir.clone(),
                 source,
             })?;
         }
-        let mount = |options: &str| {
-            nix::mount::mount(
-                Some("overlay"),
-                &self.merged,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options),
-            )
-        };
-        match mount(&format!("{options},volatile")) {
-            // A kernel older than `volatile`.
-            Err(nix::Error::EINVAL) => mount(&options),
-            other => other,
-        }
-        .map_err(|source| Error::Mount {
-            path: self.merged.clone(),
-            source,
-        })
+        Ok(())
     }
 
     /// The overlay mount options: `lowerdir` lists the top layer first.

@@ -115,6 +115,10 @@ pub struct ContainerMeta {
     pub log_path: PathBuf,
     /// The cgroup path relative to each hierarchy's root (`/rkube/<id>`).
     pub cgroup_path: PathBuf,
+    /// The root file system's overlay mount options, when the helper mounts it in a
+    /// mount namespace of its own; `None`: the agent mounted it (older agents did).
+    #[serde(default)]
+    pub overlay: Option<String>,
 }
 
 /// Written by the helper once the container's process runs.

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// How many log files to keep, the live one included.
     #[arg(long, default_value_t = super::log::DEFAULT_MAX_FILES)]
     pub log_max_files: usize,
+    /// Mount the root file system (`<bundle>/rootfs`), an overlay with these options,
+    /// in a mount namespace of the helper's own; without it the agent mounted it.
+    #[arg(long)]
+    pub overlay: Option<String>,
 }
 
 /// Arguments of `shim delete`.
@@ -106,6 +110,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
     remove_ended(args)
 }
 
+/// Mounts the container's overlay at `target` in a new mount namespace of this helper,
+/// a copy of the node's that follows its later mounts (`rslave`) but shows none of its
+/// own to the node: the container's is made from it, and the overlay goes away with
+/// the helper.
+fn mount_root_privately(target: &Path, options: &str) -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(sys("create a mount namespace"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(sys("make the mount namespace a slave"))?;
+    crate::runtime::rootfs::mount_overlay(target, options).map_err(|source| Error::Io {
+        path: target.to_path_buf(),
+        source: std::io::Error::other(source),
+    })
+}
+
 /// What libcontainer's `Container::delete` does for an ended container without hooks —
 /// remove its cgroups and libcontainer's state directory — without resolving each
 /// hierarchy's mount point through procfs again (2 ms of every container on cgroup v1,
@@ -149,6 +174,9 @@ fn remove_cgroup(dir: &Path) -> Result<()> {
 /// Creates and starts the container with its output on two pipes; records its pid.
 fn start(args: &RunArgs, paths: &ContainerPaths) -> Result<(Container, OwnedFd, OwnedFd)> {
     state::write_pid(&paths.shim_pid(), std::process::id() as i32)?;
+    if let Some(options) = &args.overlay {
+        mount_root_privately(&args.bundle.join("rootfs"), options)?;
+    }
     let (stdout, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
     let (stderr, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
     let null = File::open("/dev/null").map_err(io(Path::new("/dev/null")))?;
