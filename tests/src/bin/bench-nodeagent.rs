@@ -30,6 +30,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use rkube_client::watcher::Event;
 use rkube_client::{watcher, Api, Client, DeleteParams, WatcherConfig};
 use rkube_ctl::pki::Component;
+use rkube_nodeagent::runtime::rootfs;
+use rkube_nodeagent::runtime::state::{self, ContainerMeta, ContainerPaths};
 use rkube_nodeagent::runtime::{
     ContainerConfig, ContainerRuntime, ContainerState, ImageRef, LocalRuntime, LocalRuntimeConfig,
     PullPolicy, SandboxConfig,
@@ -172,6 +174,19 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         .await
         .context("create the runc bundle")?;
     let bundle = root.join("containers").join(&runc_bundle.0);
+    // Our helper mounts the root file system in its own mount namespace when it starts
+    // the container; for runc it is mounted here, the same overlay.
+    let meta = state::read_json::<ContainerMeta>(
+        &ContainerPaths {
+            dir: bundle.clone(),
+        }
+        .meta(),
+    )
+    .context("read the runc bundle's state")?
+    .context("the runc bundle's state")?;
+    if let Some(options) = &meta.overlay {
+        rootfs::mount_overlay(&bundle.join("rootfs"), options).context("mount runc's root")?;
+    }
     // runc's own state on a tmpfs, where it keeps it by default (/run/runc).
     let runc_root = root.join("runc");
     std::fs::create_dir_all(&runc_root).context("runc root")?;
