@@ -591,6 +591,11 @@ pub async fn up_with_progress(
         if config.cluster_cidr != DEFAULT_CLUSTER_CIDR {
             args.extend(["--cluster-cidr".into(), config.cluster_cidr.clone().into()]);
         }
+        // The nodes share this machine's CPUs: each brings up pods in its share.
+        args.extend([
+            "--max-parallel-pod-starts".into(),
+            starts_per_node(nodes.len()).to_string().into(),
+        ]);
         let child = spawn(config, &process, &config.nsenter_binary, args)?;
         agents.push((process.clone(), child));
         started.push(process);
@@ -1419,6 +1424,13 @@ fn running_pid_of(config: &LabConfig, name: &str, program: &str) -> Option<Pid> 
     let text = fs::read_to_string(config.pid_file(name)).ok()?;
     let pid = Pid::from_raw(text.trim().parse().ok()?);
     (alive(pid) && is_program(pid, program)).then_some(pid)
+}
+
+/// How many pods each of `nodes` agents on this machine brings up at once: the
+/// machine's CPUs shared out, at least one each.
+fn starts_per_node(nodes: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / nodes.max(1)).max(1)
 }
 
 /// Whether `pid` exists and is not a zombie.

@@ -2,6 +2,7 @@
 //! node status heartbeat, the Lease renewal, the pod workers and (with the built-in
 //! runtime) the NodeAgent service until shutdown.
 
+use crate::start_slots::StartSlots;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub struct Config {
     /// [`crate::runtime::state_dirs`]); off by default here, on in the binary. Whoever
     /// removes `root_dir` then unmounts them.
     pub state_on_tmpfs: bool,
+    /// How many pods come up at once (see [`crate::start_slots`]); one per CPU by
+    /// default. A lab's nodes share one machine's CPUs and get a share each.
+    pub max_parallel_pod_starts: usize,
 }
 
 impl Config {
@@ -81,6 +85,7 @@ impl Config {
             pod_network: None,
             favor_dynamic_cgroups: true,
             state_on_tmpfs: false,
+            max_parallel_pod_starts: StartSlots::per_cpu().count(),
         }
     }
 }
@@ -293,7 +298,8 @@ async fn run_inner<R: ContainerRuntime>(
         machine.internal_ip,
         config.pod_resync_interval,
         config.root_dir.join("pods"),
-    );
+    )
+    .with_start_slots(StartSlots::new(config.max_parallel_pod_starts));
     let token = shutdown.clone();
     tasks.spawn(
         async move { workers.run(token).await }

@@ -9,7 +9,7 @@
 //! - [`pod_workers`]: watches the pods bound to the node and runs one [`pod_worker`] per
 //!   pod; the worker drives a [`runtime::ContainerRuntime`] (restart policy,
 //!   [`backoff`], graceful deletion) and reports [`status`]; [`volume`] lays out the
-//!   pod's volumes on the host.
+//!   pod's volumes on the host; [`start_slots`] bounds how many pods come up at once.
 //! - [`network`]: the pod network: a bridge per node, a veth and a persisted address per
 //!   pod sandbox, and the flannel-style VXLAN overlay to the other nodes.
 //! - [`proxy`]: the service proxy, Services and Endpoints as one nftables table
@@ -20,7 +20,8 @@
 //! the apiserver over TLS.
 //!
 //! [`shim`] is the single-threaded helper the built-in runtime re-executes the agent
-//! binary as (`rkube-nodeagent shim …`) to run each container with libcontainer.
+//! binary as (`rkube-nodeagent shim …`, forked by one `shim spawner`) to run each
+//! container with libcontainer.
 //!
 //! The runtime is a trait so that workers are unit-tested against
 //! [`runtime::fake::FakeRuntime`], a recording fake, without root.
@@ -40,6 +41,7 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod shim;
+pub mod start_slots;
 pub mod stats;
 pub mod status;
 pub mod volume;

@@ -77,6 +77,10 @@ struct Flags {
     /// images, logs and writable layers stay on disk.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     state_tmpfs: bool,
+    /// How many pods come up at once; the others wait their turn, first come first
+    /// served, so that a burst of pods comes up in order. One per CPU by default.
+    #[arg(long)]
+    max_parallel_pod_starts: Option<usize>,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -124,6 +128,9 @@ fn main() -> anyhow::Result<ExitCode> {
     config.listen_address = Some(flags.listen_address);
     config.favor_dynamic_cgroups = flags.cgroup_favordynmods;
     config.state_on_tmpfs = flags.state_tmpfs;
+    if let Some(starts) = flags.max_parallel_pod_starts {
+        config.max_parallel_pod_starts = starts;
+    }
     config.log_rotation = rkube_nodeagent::runtime::LogRotation {
         max_size: flags.container_log_max_size,
         max_files: usize::try_from(flags.container_log_max_files).unwrap_or(usize::MAX),

@@ -28,6 +28,7 @@ use crate::runtime::{
     self, ContainerConfig, ContainerId, ContainerRuntime, ContainerState, Mount, PullPolicy,
     Resources, SandboxConfig, SandboxId, StopSignal,
 };
+use crate::start_slots::{Slot, StartSlots};
 use crate::status::{self, ContainerObservation, PodObservation, Waiting};
 use crate::volume::{self, FileContent};
 
@@ -280,6 +281,10 @@ pub struct PodWorker<R, A> {
     net: NetTarget,
     /// The last volume set-up error an event was recorded for.
     mount_error: Option<String>,
+    /// The agent's start slots; `None`: pods come up without waiting for one.
+    start_slots: Option<StartSlots>,
+    /// The slot this pod holds while it first comes up.
+    start_slot: Option<Slot>,
 }
 
 /// `spec.containers{name}`: an event's `fieldPath` for a container of the pod.
@@ -336,6 +341,8 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             pending_probes: Vec::new(),
             net: NetTarget::default(),
             mount_error: None,
+            start_slots: None,
+            start_slot: None,
             runtime,
             api,
             host_ip,
@@ -354,6 +361,12 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 .map(|t| t.0),
             written: pod.status.clone(),
         }
+    }
+
+    /// Brings the pod up only in one of `slots` (see [`crate::start_slots`]).
+    pub fn with_start_slots(mut self, slots: StartSlots) -> Self {
+        self.start_slots = Some(slots);
+        self
     }
 
     /// Syncs on every update and every `resync` until the pod is gone or `shutdown`.
@@ -414,7 +427,12 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             if self.apply_probe_results(pod, spec).await {
                 self.refresh().await;
             }
+            if let (None, Some(slots)) = (&self.sandbox, &self.start_slots) {
+                self.start_slot = Some(slots.take().await);
+            }
             self.converge(pod, spec).await;
+            // Given back before the status is written: the next pod may begin.
+            self.start_slot = None;
         }
         self.report(pod, spec).await;
         Next::Continue
@@ -630,6 +648,12 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 format!("Pulling image {image:?}"),
             );
         }
+        if policy == PullPolicy::Always {
+            // A round trip to the registry: the start slot goes to the next pod
+            // meanwhile. (A missing image's first pull keeps it, as kubelet's serialized
+            // pulls keep the next pod waiting.)
+            self.start_slot = None;
+        }
         let pull_started = std::time::Instant::now();
         let image_ref = match self.runtime.pull_image(&image, policy).await {
             Ok(image_ref) => image_ref,
@@ -793,6 +817,8 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             return;
         }
         if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            // So may a hook.
+            self.start_slot = None;
             let outcome = probe::run_hook(
                 self.runtime.as_ref(),
                 hook,
@@ -2168,6 +2194,38 @@ mod tests {
             .as_ref()
             .and_then(|s| s.waiting.as_ref())
             .and_then(|w| w.reason.clone())
+    }
+
+    #[tokio::test]
+    async fn a_pod_comes_up_only_in_a_free_start_slot_and_gives_it_back() {
+        let pod = TestPod::new("web").container("app");
+        let (worker, runtime, api, _pods) = worker(&pod);
+        let slots = StartSlots::new(1);
+        let mut worker = worker.with_start_slots(slots.clone());
+        let taken = slots.take().await;
+        let update = pod.update();
+        let syncing = async {
+            worker.sync(&update).await;
+            worker
+        };
+        tokio::pin!(syncing);
+        // Another pod holds the only slot: nothing of this one is made.
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut syncing).await;
+        assert!(waited.is_err(), "the sync went ahead without a slot");
+        assert_eq!(runtime.calls(), []);
+        drop(taken);
+        let mut worker = syncing.await;
+        assert_eq!(runtime.sandbox_count(), 1);
+        assert_eq!(api.last_status().phase.as_deref(), Some("Running"));
+        // The slot came back: the next pod takes it at once, and a pod already up
+        // syncs without one.
+        let next = tokio::time::timeout(Duration::from_millis(50), slots.take())
+            .await
+            .expect("the slot was given back");
+        tokio::time::timeout(Duration::from_secs(5), worker.sync(&pod.update()))
+            .await
+            .expect("a pod that is up syncs without a slot");
+        drop(next);
     }
 
     #[tokio::test(start_paused = true)]

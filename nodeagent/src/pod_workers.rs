@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::pod_worker::{key, ClientPodApi, PodApi, PodUpdate, PodWorker};
 use crate::runtime::ContainerRuntime;
+use crate::start_slots::StartSlots;
 
 /// `source.component` of the events the node agent records.
 pub const EVENT_COMPONENT: &str = "rkube-nodeagent";
@@ -35,6 +36,8 @@ pub struct PodWorkers<R, A = ClientPodApi> {
     pods_dir: PathBuf,
     /// Kubelet-style events about the pods (`source.component` rkube-nodeagent).
     events: EventRecorder,
+    /// How many pods come up at once; `None`: no bound.
+    start_slots: Option<StartSlots>,
 }
 
 impl<R: ContainerRuntime> PodWorkers<R> {
@@ -64,7 +67,16 @@ impl<R: ContainerRuntime> PodWorkers<R> {
             host_ip,
             resync,
             pods_dir,
+            start_slots: None,
         }
+    }
+}
+
+impl<R, A> PodWorkers<R, A> {
+    /// Pods come up in `slots` (see [`crate::start_slots`]).
+    pub fn with_start_slots(mut self, slots: StartSlots) -> Self {
+        self.start_slots = Some(slots);
+        self
     }
 }
 
@@ -139,7 +151,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorkers<R, A> {
         }
         let pod_key = key(&update.pod);
         info!(pod = %pod_key, uid = %uid, "starting pod worker");
-        let worker = PodWorker::new(
+        let mut worker = PodWorker::new(
             self.runtime.clone(),
             self.api.clone(),
             self.host_ip,
@@ -148,6 +160,9 @@ impl<R: ContainerRuntime, A: PodApi> PodWorkers<R, A> {
             self.events.clone(),
             &update.pod,
         );
+        if let Some(slots) = &self.start_slots {
+            worker = worker.with_start_slots(slots.clone());
+        }
         let (sender, receiver) = watch::channel(update);
         workers.insert(uid.clone(), sender);
         let token = shutdown.child_token();
