@@ -362,6 +362,9 @@ fn http_client(pki: &ClusterPki, token: Option<&str>) -> anyhow::Result<reqwest:
         .add_root_certificate(ca)
         .default_headers(headers)
         .no_proxy()
+        // HTTP/1.1: the tests send upgrade requests (SPDY, WebSocket) as kubectl's
+        // streaming clients do, and HTTP/2 has no `Upgrade`.
+        .http1_only()
         .timeout(Duration::from_secs(30))
         .build()
         .context("build HTTP client")
