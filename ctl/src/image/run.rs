@@ -12,7 +12,6 @@
 //! [`rkube_nodeagent::shim::main_from_args`]).
 
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -291,7 +290,7 @@ fn diff(dir: &Path, prefix: &str, builder: &mut LayerBuilder) -> Result<()> {
             format!("{prefix}/{name}")
         };
         let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
+        if rkube_nodeagent::runtime::layer::is_whiteout(&meta) {
             builder.whiteout(&target);
             continue;
         }

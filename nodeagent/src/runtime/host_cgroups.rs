@@ -133,42 +133,43 @@ fn plan(mountinfo: &str) -> Vec<Remount> {
 pub fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let target = before.split(' ').nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(target))
-        })
+        .filter_map(parse_mount)
+        .filter(|m| matches!(m.fstype, "cgroup" | "cgroup2"))
+        .map(|m| PathBuf::from(m.target))
         .collect()
 }
 
-/// One mountinfo line of a cgroup2 mount, split into the parts a remount needs.
-struct Cgroup2Mount<'a> {
+/// One mountinfo line, split into the parts this module needs.
+struct MountLine<'a> {
     target: &'a str,
     mount_options: Vec<&'a str>,
+    fstype: &'a str,
     super_options: Vec<&'a str>,
 }
 
-/// Parses one line of `/proc/self/mountinfo` (see proc(5)) if it is a cgroup2 mount:
-/// `id parent major:minor root target mount-options [optional…] - fstype source
-/// super-options`.
-fn parse_cgroup2(line: &str) -> Option<Cgroup2Mount<'_>> {
+/// Parses one line of `/proc/self/mountinfo` (see proc(5)): `id parent major:minor root
+/// target mount-options [optional…] - fstype source super-options`.
+fn parse_mount(line: &str) -> Option<MountLine<'_>> {
     let (before, after) = line.split_once(" - ")?;
     let mut before = before.split(' ');
     let target = before.nth(4)?;
     let mount_options = before.next()?.split(',').collect();
     let mut after = after.split(' ');
-    if after.next()? != "cgroup2" {
-        return None;
-    }
+    let fstype = after.next()?;
     let super_options = after.nth(1)?.split(',').collect();
     // Targets with spaces and other odd bytes are octal-escaped in mountinfo; a cgroup
     // mount has none, and one that did would only fail its remount.
-    Some(Cgroup2Mount {
+    Some(MountLine {
         target,
         mount_options,
+        fstype,
         super_options,
     })
+}
+
+/// [`parse_mount`] for cgroup2 mounts only.
+fn parse_cgroup2(line: &str) -> Option<MountLine<'_>> {
+    parse_mount(line).filter(|m| m.fstype == "cgroup2")
 }
 
 #[cfg(test)]

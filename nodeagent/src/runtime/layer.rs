@@ -124,6 +124,13 @@ pub fn unpack(archive: impl Read, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `meta` (from `symlink_metadata`) is an overlay whiteout, as [`unpack`] makes
+/// them: a character device 0/0.
+pub fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
 /// `path` without leading `/` and `.`, or `None` when a `..` would climb out.
 fn normalize(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();

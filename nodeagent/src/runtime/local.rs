@@ -727,14 +727,7 @@ impl ContainerRuntime for LocalRuntime {
             .iter()
             .map(|digest| self.images.layer_dir(digest))
             .collect();
-        // Bind-mounted files (the pod network's /etc files, file volumes) whose
-        // mount points the mount-point layer may hold.
-        let mounted_files: Vec<PathBuf> = config
-            .mounts
-            .iter()
-            .filter(|m| m.host_path.is_file())
-            .map(|m| PathBuf::from(&m.container_path))
-            .collect();
+        let mounts = config.mounts.clone();
         let mountpoints_store = self.root.join("mountpoints");
         let task_id = id.0.clone();
         let prepared = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -743,7 +736,13 @@ impl ContainerRuntime for LocalRuntime {
                     .map_err(io_error(parent))
                     .map_err(failed("create log directory", &task_id))?;
             }
-            let files: Vec<&Path> = mounted_files.iter().map(PathBuf::as_path).collect();
+            // Bind-mounted files (the pod network's /etc files, file volumes) whose
+            // mount points the mount-point layer may hold.
+            let files: Vec<&Path> = mounts
+                .iter()
+                .filter(|m| m.host_path.is_file())
+                .map(|m| Path::new(&m.container_path))
+                .collect();
             match mountpoints::layer(&mountpoints_store, &layers, &files) {
                 Ok(Some(top)) => layers.push(top),
                 Ok(None) => {}

@@ -12,7 +12,6 @@
 //! `/etc`, say), so that the layer never hides what the image put there; the image's
 //! own `/etc/hosts` is only covered when the container mounts its own over it.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -150,8 +149,7 @@ fn in_image(top_first: &[&Path], path: &str) -> InImage {
         match std::fs::symlink_metadata(layer.join(path)) {
             Ok(meta) => {
                 let kind = meta.file_type();
-                return if kind.is_char_device() && std::os::unix::fs::MetadataExt::rdev(&meta) == 0
-                {
+                return if super::layer::is_whiteout(&meta) {
                     InImage::Absent
                 } else if kind.is_dir() {
                     InImage::Directory
