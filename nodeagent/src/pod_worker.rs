@@ -648,10 +648,12 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 format!("Pulling image {image:?}"),
             );
         }
-        if policy == PullPolicy::Always {
-            // A round trip to the registry: the start slot goes to the next pod
-            // meanwhile. (A missing image's first pull keeps it, as kubelet's serialized
-            // pulls keep the next pod waiting.)
+        if self.start_slot.is_some()
+            && (policy == PullPolicy::Always || !self.runtime.image_present(&image).await)
+        {
+            // A round trip to the registry, a download perhaps: the start slot goes to
+            // the next pod meanwhile, so pods whose images are here come up while this
+            // one waits (as kubelet's pods wait only for their own pulls).
             self.start_slot = None;
         }
         let pull_started = std::time::Instant::now();
@@ -2226,6 +2228,40 @@ mod tests {
             .await
             .expect("a pod that is up syncs without a slot");
         drop(next);
+    }
+
+    #[tokio::test]
+    async fn a_pod_gives_its_start_slot_back_while_its_image_downloads() {
+        let pod = TestPod::new("web").container("app");
+        let (worker, runtime, api, _pods) = worker(&pod);
+        let slots = StartSlots::new(1);
+        let mut worker = worker.with_start_slots(slots.clone());
+        let image = container("app").image.expect("an image");
+        let download = runtime.image_missing(&image);
+        let update = pod.update();
+        let syncing = async {
+            worker.sync(&update).await;
+            worker
+        };
+        tokio::pin!(syncing);
+        // The pod waits for its image: another pod may take the only slot meanwhile.
+        let waiting = async {
+            tokio::select! {
+                _ = &mut syncing => panic!("the sync ended while its image was downloading"),
+                slot = slots.take() => slot,
+            }
+        };
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the slot was given back during the download");
+        assert!(runtime.calls().contains(&Call::PullImage(image.clone())));
+        assert_eq!(runtime.container_count(), 0);
+        drop(taken);
+        download.notify_one();
+        let _worker = tokio::time::timeout(Duration::from_secs(5), syncing)
+            .await
+            .expect("the pod came up once its image was there");
+        assert_eq!(api.last_status().phase.as_deref(), Some("Running"));
     }
 
     #[tokio::test(start_paused = true)]

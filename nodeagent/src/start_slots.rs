@@ -3,7 +3,8 @@
 //! A pod's first start — sandbox, network, volumes, containers — takes one of a fixed
 //! number of slots, first come first served, and gives it back once its containers
 //! run (before its status is written), or as soon as it would wait on something slow:
-//! a pull that asks the registry (`imagePullPolicy: Always`) or a postStart hook. Bringing up a pod is CPU work, so a burst of pods
+//! a pull that asks the registry (`imagePullPolicy: Always`, or an image not on the
+//! node yet) or a postStart hook. Bringing up a pod is CPU work, so a burst of pods
 //! bound at once comes up in order, one after another per slot, instead of every pod
 //! sharing the CPUs and all of them becoming Running together at the end: the same
 //! throughput, with the first pods Running long before the last.

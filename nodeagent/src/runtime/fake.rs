@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::chrono::Utc;
@@ -51,6 +52,8 @@ struct Inner {
     calls: Vec<Call>,
     behaviors: HashMap<String, Behavior>,
     pull_errors: HashMap<String, String>,
+    /// Images not on the node yet: their pull waits until the [`Notify`] is notified.
+    missing_images: HashMap<String, Arc<tokio::sync::Notify>>,
     containers: HashMap<ContainerId, FakeContainer>,
     sandboxes: HashMap<SandboxId, String>,
     /// The config of the latest container created under each name.
@@ -87,6 +90,17 @@ impl FakeRuntime {
             .lock()
             .pull_errors
             .insert(image.to_string(), message.to_string());
+    }
+
+    /// `image` is not on the node: pulling it waits (as a registry download would)
+    /// until the returned [`tokio::sync::Notify`] is notified, then it is present.
+    pub fn image_missing(&self, image: &str) -> Arc<tokio::sync::Notify> {
+        let download = Arc::new(tokio::sync::Notify::new());
+        self.inner
+            .lock()
+            .missing_images
+            .insert(image.to_string(), download.clone());
+        download
     }
 
     /// Pulling `image` works again.
@@ -167,9 +181,21 @@ fn finish(container: &mut FakeContainer, exit_code: i32) {
 }
 
 impl ContainerRuntime for FakeRuntime {
+    async fn image_present(&self, image: &str) -> bool {
+        !self.inner.lock().missing_images.contains_key(image)
+    }
+
     async fn pull_image(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef> {
-        let mut inner = self.inner.lock();
-        inner.calls.push(Call::PullImage(image.to_string()));
+        let download = {
+            let mut inner = self.inner.lock();
+            inner.calls.push(Call::PullImage(image.to_string()));
+            inner.missing_images.get(image).cloned()
+        };
+        if let Some(download) = download {
+            download.notified().await;
+            self.inner.lock().missing_images.remove(image);
+        }
+        let inner = self.inner.lock();
         if let Some(message) = inner.pull_errors.get(image) {
             return Err(Error::ImagePull {
                 image: image.to_string(),

@@ -577,6 +577,10 @@ impl LocalRuntime {
 }
 
 impl ContainerRuntime for LocalRuntime {
+    async fn image_present(&self, image: &str) -> bool {
+        matches!(self.images.get(image), Ok(Some(_)))
+    }
+
     async fn pull_image(&self, image: &str, policy: PullPolicy) -> Result<ImageRef> {
         self.images.ensure(image, policy).await
     }

@@ -288,6 +288,10 @@ impl ContainerState {
 /// Implementations do their blocking work in `spawn_blocking`; every method is safe to
 /// call again after a failure.
 pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Whether `image` is in the node's image store already, so that an `IfNotPresent`
+    /// pull need not ask the registry (`false` when the store cannot tell).
+    fn image_present(&self, image: &str) -> impl Future<Output = bool> + Send;
+
     /// Makes `image` present on the node according to `policy`.
     fn pull_image(
         &self,
