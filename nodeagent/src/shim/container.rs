@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::chrono::Utc;
 use libcontainer::container::builder::ContainerBuilder;
@@ -82,7 +83,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     ready.ok();
-    memory::release();
+    let release_at = Instant::now() + memory::RELEASE_DELAY;
     let (container, stdout, stderr) = started;
     let pid = container
         .pid()
@@ -91,7 +92,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             operation: "find the container's process",
             source: nix::Error::ESRCH,
         })?;
-    let status = copy_output(args, pid, stdout, stderr)?;
+    let status = copy_output(args, pid, stdout, stderr, release_at)?;
     let exit_code = match status {
         WaitStatus::Exited(_, code) => code,
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
@@ -215,8 +216,17 @@ fn start(args: &RunArgs, paths: &ContainerPaths) -> Result<(Container, OwnedFd, 
 }
 
 /// Copies the container's output into the log until its init process exits, then what
-/// is left in the pipes; returns how it exited (without reaping it).
-fn copy_output(args: &RunArgs, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Result<WaitStatus> {
+/// is left in the pipes; returns how it exited (without reaping it). Calls
+/// [`memory::release`] once at `release_at` if the container still runs then.
+fn copy_output(
+    args: &RunArgs,
+    pid: Pid,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    release_at: Instant,
+) -> Result<WaitStatus> {
+    /// How long one poll waits at most: the exit is checked after each.
+    const POLL: Duration = Duration::from_millis(200);
     let log = args.log.as_path();
     let file = RotatingFile::open(log, args.log_max_size, args.log_max_files).map_err(io(log))?;
     let mut log_writer = CriLog::new(file);
@@ -226,10 +236,23 @@ fn copy_output(args: &RunArgs, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Re
     ];
     let mut buf = vec![0u8; 32 * 1024];
     let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    let mut release_at = Some(release_at);
     let status = loop {
+        if release_at.is_some_and(|at| Instant::now() >= at) {
+            memory::release();
+            release_at = None;
+        }
         let open: Vec<usize> = (0..2).filter(|i| pipes[*i].1.is_some()).collect();
         if open.is_empty() {
-            // Both streams closed: just wait for the exit.
+            // Both streams closed: just wait for the exit, after the release when the
+            // container still runs (it closed them itself).
+            if release_at.take().is_some() {
+                match nix::sys::wait::waitid(Id::Pid(pid), exited | WaitPidFlag::WNOHANG) {
+                    Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => memory::release(),
+                    Ok(status) => break status,
+                    Err(source) => return Err(sys("wait for the container")(source)),
+                }
+            }
             break nix::sys::wait::waitid(Id::Pid(pid), exited)
                 .map_err(sys("wait for the container"))?;
         }
@@ -238,7 +261,11 @@ fn copy_output(args: &RunArgs, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Re
             .filter_map(|i| pipes[*i].1.as_ref())
             .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
             .collect();
-        match nix::poll::poll(&mut fds, PollTimeout::from(200u16)) {
+        let wait = release_at.map_or(POLL, |at| {
+            at.saturating_duration_since(Instant::now()).min(POLL)
+        });
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(source) => return Err(sys("poll the container's output")(source)),
         }

@@ -6,12 +6,19 @@
 //! so a helper that ran a few hundred kilobytes of code shows megabytes of its 160 MB
 //! binary as resident.
 //!
-//! [`release`] hands that back once the container runs: the freed heap goes back to the
-//! kernel, and the page-table entries of clean, read-only file mappings are dropped
+//! [`release`] hands that back a little after the container started ([`RELEASE_DELAY`]):
+//! the freed heap goes back to the kernel, and the page-table entries of clean, read-only file mappings are dropped
 //! (the pages stay in the page cache, shared with the agent and the other helpers) with
 //! those mappings marked for random access, so that later faults map only the pages the
 //! helper really uses. Mappings with private copies (relocated data, anything written)
 //! are never touched: dropping those would lose their contents.
+
+/// How long after its container (or pod sandbox) started a helper waits before it calls
+/// [`release`]. Reading `smaps` and dropping the mappings costs most of a millisecond of
+/// CPU; done at once, that is CPU taken from the pods a node brings up in the same burst,
+/// and the time in which a short-lived container's helper does not notice its exit. A
+/// second later a burst is over, or the container with it.
+pub const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A mapping [`release`] may drop: its address range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,8 @@
 //!   its parent, writes its output to a CRI-format [`log`] and its exit to the state
 //!   files of [`crate::runtime::state`], then deletes the libcontainer state and cgroup;
 //!   `shim delete` cleans up after a helper that died.
-//!   Once its container runs, it hands back what creating it needed ([`memory`]).
+//!   A second after its container started, it hands back what creating it needed
+//!   ([`memory`]).
 //! - [`pause`]: `shim pause` holds a pod sandbox's network, IPC and UTS namespaces.
 //! - [`exec`]: `shim exec` runs a command in a running container (a child of the agent,
 //!   not detached) and reports its exit on a control socket.

@@ -40,6 +40,7 @@ pub fn run(args: &PauseArgs) -> Result<()> {
         return Err(err);
     }
     ready.ok();
+    std::thread::sleep(super::memory::RELEASE_DELAY);
     super::memory::release();
     loop {
         nix::unistd::pause();
