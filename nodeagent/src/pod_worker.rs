@@ -2244,9 +2244,26 @@ mod tests {
             worker
         };
         tokio::pin!(syncing);
-        // The pod waits for its image: another pod may take the only slot meanwhile.
+        // First the pod (which took the only slot) gets as far as the pull…
+        let pulling = async {
+            while !runtime.calls().contains(&Call::PullImage(image.clone())) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let reached = async {
+            tokio::select! {
+                biased;
+                _ = &mut syncing => panic!("the sync ended while its image was downloading"),
+                () = pulling => {}
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), reached)
+            .await
+            .expect("the pod went to pull its image");
+        // …then, while it waits for the download, another pod may take the slot.
         let waiting = async {
             tokio::select! {
+                biased;
                 _ = &mut syncing => panic!("the sync ended while its image was downloading"),
                 slot = slots.take() => slot,
             }
@@ -2254,7 +2271,6 @@ mod tests {
         let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the slot was given back during the download");
-        assert!(runtime.calls().contains(&Call::PullImage(image.clone())));
         assert_eq!(runtime.container_count(), 0);
         drop(taken);
         download.notify_one();
