@@ -264,7 +264,9 @@ fn copy_output(
         let wait = release_at.map_or(POLL, |at| {
             at.saturating_duration_since(Instant::now()).min(POLL)
         });
-        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        // Whole milliseconds, rounded up: a wait cut to 0 would spin until the release.
+        let timeout =
+            PollTimeout::from(u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX));
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(source) => return Err(sys("poll the container's output")(source)),
