@@ -139,6 +139,11 @@ impl ImageStore {
         self.root.join("layers").join(digest.replacen(':', "/", 1))
     }
 
+    /// Whether `image` has a record in the store (a stat; [`Self::get`] reads it).
+    pub fn contains(&self, image: &str) -> bool {
+        self.record_path(image).is_file()
+    }
+
     /// The record of `image`, if it was pulled.
     ///
     /// # Errors
@@ -432,6 +437,25 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("disk full"), "{message}");
+    }
+
+    #[test]
+    fn contains_tells_whether_a_record_was_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path().to_path_buf(), Vec::new()).expect("store");
+        let image = "reg.local/busybox:1";
+        assert!(!store.contains(image));
+        let record = ImageRecord {
+            image: image.into(),
+            image_id: "reg.local/busybox@sha256:ab".into(),
+            layers: Vec::new(),
+            config: ImageConfig::default(),
+        };
+        let bytes = serde_json::to_vec(&record).expect("json");
+        write_atomically(&store.record_path(image), &bytes).expect("write");
+        assert!(store.contains(image));
+        assert!(!store.contains("reg.local/busybox:2"));
+        assert_eq!(store.get(image).expect("get"), Some(record));
     }
 
     #[test]

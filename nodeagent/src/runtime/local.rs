@@ -578,7 +578,7 @@ impl LocalRuntime {
 
 impl ContainerRuntime for LocalRuntime {
     async fn image_present(&self, image: &str) -> bool {
-        matches!(self.images.get(image), Ok(Some(_)))
+        self.images.contains(image)
     }
 
     async fn pull_image(&self, image: &str, policy: PullPolicy) -> Result<ImageRef> {

@@ -7,10 +7,10 @@
 //! binary as resident.
 //!
 //! [`release`] hands that back a little after the container started ([`RELEASE_DELAY`]):
-//! the freed heap goes back to the kernel, and the page-table entries of clean, read-only file mappings are dropped
-//! (the pages stay in the page cache, shared with the agent and the other helpers) with
-//! those mappings marked for random access, so that later faults map only the pages the
-//! helper really uses. Mappings with private copies (relocated data, anything written)
+//! the freed heap goes back to the kernel, and the page-table entries of clean, read-only
+//! file mappings are dropped (the pages stay in the page cache, shared with the agent and
+//! the other helpers) with those mappings marked for random access, so that later faults
+//! map only the pages the helper really uses. Mappings with private copies (relocated data, anything written)
 //! are never touched: dropping those would lose their contents.
 
 /// How long after its container (or pod sandbox) started a helper waits before it calls
