@@ -194,6 +194,44 @@ mod tests {
         );
     }
 
+    /// The fix vendor/libcgroups carries: every subsystem is found in one read of
+    /// mountinfo, by the rules each lookup used to apply to its own read.
+    #[test]
+    fn vendored_libcgroups_finds_every_subsystem_in_one_mountinfo() {
+        use libcgroups::v1::util::find_subsystem_mount_point;
+        use libcgroups::v1::ControllerType;
+        let lines = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime shared:9 - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:11 - cgroup cgroup rw,cpu,cpuacct
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/net_cls,net_prio rw,relatime shared:13 - cgroup cgroup rw,net_cls,net_prio";
+        let mounts: Vec<_> = lines
+            .lines()
+            .map(|l| procfs::process::MountInfo::from_line(l).expect("a mountinfo line"))
+            .filter(|m| m.fs_type == "cgroup")
+            .collect();
+        let cases = [
+            (ControllerType::Cpu, Some("/sys/fs/cgroup/cpu,cpuacct")),
+            (ControllerType::CpuAcct, Some("/sys/fs/cgroup/cpu,cpuacct")),
+            (ControllerType::Memory, Some("/sys/fs/cgroup/memory")),
+            (
+                ControllerType::NetworkClassifier,
+                Some("/sys/fs/cgroup/net_cls,net_prio"),
+            ),
+            (
+                ControllerType::NetworkPriority,
+                Some("/sys/fs/cgroup/net_cls,net_prio"),
+            ),
+            (ControllerType::HugeTlb, None),
+            (ControllerType::Pids, None),
+        ];
+        for (subsystem, want) in cases {
+            let found = find_subsystem_mount_point(&mounts, &subsystem).ok();
+            assert_eq!(found, want.map(PathBuf::from), "{subsystem}");
+        }
+    }
+
     #[test]
     fn a_cgroup2_mount_without_the_option_is_remounted_keeping_its_options() {
         let remounts = plan(HYBRID);
