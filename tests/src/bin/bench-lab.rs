@@ -134,22 +134,42 @@ async fn create(client: &Client, pod: &Value) -> anyhow::Result<()> {
 
 /// Waits (polling) until every pod with `selector` is Running and there are `n`.
 async fn wait_running(client: &Client, selector: &str, n: usize) -> anyhow::Result<()> {
+    wait_pods(client, selector, &format!("{n} Running"), |items| {
+        items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count()
+            == n
+    })
+    .await
+}
+
+/// Waits until no pod matches `selector` (their node agents have torn them down).
+async fn wait_gone(client: &Client, selector: &str) -> anyhow::Result<()> {
+    wait_pods(client, selector, "none left", |items| items.is_empty()).await
+}
+
+/// Polls the pods that match `selector` until `done` holds for them (120 s at most;
+/// `want` says what was waited for).
+async fn wait_pods(
+    client: &Client,
+    selector: &str,
+    want: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let list = client
             .get(PODS_PATH, &[("labelSelector", selector.to_string())])
             .await?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
-        let running = items
-            .iter()
-            .filter(|p| p["status"]["phase"] == "Running")
-            .count();
-        if running == n {
+        if done(&items) {
             return Ok(());
         }
         ensure!(
             Instant::now() < deadline,
-            "{running}/{n} pods {selector} Running after 120 s"
+            "pods {selector}: not {want} after 120 s ({} there)",
+            items.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -223,6 +243,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         .context("delete the warm-up pods")?;
+    // Measured on a quiet cluster: the warm-up pods' teardown is not part of it.
+    wait_gone(&client, "bench=warm").await?;
 
     // Pod startup through a watch.
     let list = client
