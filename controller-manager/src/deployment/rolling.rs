@@ -189,21 +189,20 @@ pub fn max_scaled_down(
 ) -> Result<i32> {
     let all_pods: i32 = all.iter().map(rs_replicas).sum();
     let min_available = replicas(d) - max_unavailable(d)?;
-    let new_unavailable = new.map_or(0, |rs| {
-        rs_replicas(rs)
-            - rs.status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0)
-    });
+    let new_unavailable = new.map_or(0, |rs| rs_replicas(rs) - available(rs));
     Ok(all_pods - min_available - new_unavailable)
 }
 
+/// The available pods a ReplicaSet's status reports, at most as many as it wants: a
+/// status written before the set was last scaled down still counts the pods being
+/// removed, and counting them would let the next step remove more than maxUnavailable
+/// allows (Kubernetes counts them; the cap only makes a step more careful).
 fn available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
+        .min(rs_replicas(rs))
 }
 
 /// One step of a rolling update: grow the new ReplicaSet, else shrink old ones, else
@@ -397,6 +396,21 @@ mod tests {
         assert_eq!(
             scale_down_plan(&d, &[old], &new, 3).expect("valid"),
             vec![(0, 7)]
+        );
+    }
+
+    #[test]
+    fn pods_an_old_set_is_removing_do_not_count_as_available() {
+        // 6 replicas, maxUnavailable 1 (min available 5). The old set was scaled 6 → 5
+        // and its status still says 6 available; the new set has 1 of 2 available.
+        let d = deployment(6, int(2), int(1));
+        let old = replicaset(&d, "old", "web:1", 5, 6, 1);
+        let new = replicaset(&d, "new", "web:2", 2, 1, 2);
+        // 5 + 1 available, not 6 + 1: one more old pod may go, not two (which would
+        // leave 4 + 1 = 5 - 1 available pods once the first removal lands).
+        assert_eq!(
+            scale_down_plan(&d, &[old], &new, 3).expect("valid"),
+            vec![(0, 4)]
         );
     }
 
