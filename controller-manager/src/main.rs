@@ -33,11 +33,14 @@ struct Flags {
     /// The prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
-    /// A node whose lease is not renewed for this long becomes Ready=Unknown.
-    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    /// A node whose lease is not renewed for this long becomes Ready=Unknown
+    /// (Kubernetes' default). It must be longer than the agents' lease renewal interval
+    /// (a quarter of their `--node-lease-duration-seconds`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
-    /// Pods on an unreachable node without their own toleration are evicted after this.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Pods on an unreachable node without their own toleration are evicted after this
+    /// (Kubernetes' default toleration of the unreachable taint).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pod_eviction_timeout: Duration,
     /// Workers per controller.
     #[arg(long, default_value_t = 8)]

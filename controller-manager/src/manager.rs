@@ -41,14 +41,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Lab-cluster defaults for everything but the connection.
+    /// Kubernetes' defaults for everything but the connection.
     pub fn new(client: ClientConfig) -> Self {
         Config {
             client,
             cluster_cidr: "10.244.0.0/16".parse().expect("a valid literal CIDR"),
             node_cidr_mask_size: 24,
-            node_monitor_grace_period: Duration::from_secs(8),
-            pod_eviction_timeout: Duration::from_secs(5),
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
             workers: 8,
             leader_elect_lease: None,
         }

@@ -299,6 +299,13 @@ const PROCESSES: [&str; 5] = [ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER, RE
 /// The node agent's program name.
 const AGENT: &str = "rkube-nodeagent";
 
+/// How long a lab node may go without renewing its Lease before it is Ready=Unknown:
+/// shorter than Kubernetes' 40 s so that a lost node's pods move within seconds. The
+/// agents' Leases last as long and are renewed every quarter of it (2 s).
+const NODE_GRACE_SECONDS: u32 = 8;
+/// How long pods stay on an unreachable lab node before they are evicted.
+const POD_EVICTION_SECONDS: u32 = 5;
+
 /// The control-plane components that talk to the apiserver with their own credentials.
 const COMPONENTS: [(&str, Component); 2] = [
     (SCHEDULER, Component::Scheduler),
@@ -534,7 +541,14 @@ pub async fn up_with_progress(
                 pki.kubeconfig_path(component).into_os_string(),
             ];
             if component == Component::ControllerManager {
-                args.extend(["--cluster-cidr".into(), config.cluster_cidr.clone().into()]);
+                args.extend([
+                    "--cluster-cidr".into(),
+                    config.cluster_cidr.clone().into(),
+                    "--node-monitor-grace-period".into(),
+                    format!("{NODE_GRACE_SECONDS}s").into(),
+                    "--pod-eviction-timeout".into(),
+                    format!("{POD_EVICTION_SECONDS}s").into(),
+                ]);
             }
             components.push((name, spawn(config, name, &binary, args)?));
             started.push(name.to_string());
@@ -581,6 +595,8 @@ pub async fn up_with_progress(
             node.ip.to_string().into(),
             "--insecure-registry".into(),
             registry.clone().into(),
+            "--node-lease-duration-seconds".into(),
+            NODE_GRACE_SECONDS.to_string().into(),
         ];
         if let Some(cpu) = &config.node_cpu {
             args.extend(["--node-cpu".into(), cpu.into()]);

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 use crate::dns;
-use crate::lease::LeaseRenewer;
+use crate::lease::{self, LeaseRenewer};
 use crate::machine::MachineInfo;
 use crate::network::{self, NetworkHandle, PodNetworkOptions};
 use crate::node::NodeRegistrar;
@@ -39,7 +39,10 @@ pub struct Config {
     /// The binary run as `<binary> shim …` for each container and sandbox; the running
     /// executable when `None`.
     pub shim_binary: Option<PathBuf>,
-    /// How often the node Lease is renewed (kubelet: a quarter of its 40 s duration).
+    /// How long the node Lease says it is valid (`leaseDurationSeconds`).
+    pub lease_duration_seconds: i32,
+    /// How often the node Lease is renewed (kubelet: a quarter of its duration; see
+    /// [`Config::set_lease_duration`]).
     pub lease_renew_interval: Duration,
     /// How often the Node status (conditions, heartbeat) is written.
     pub node_status_interval: Duration,
@@ -67,8 +70,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with the default intervals: Lease every 10 s, status every 10 s,
-    /// pod resync every second.
+    /// A configuration with the default intervals: a 40 s Lease renewed every 10 s,
+    /// status every 10 s, pod resync every second.
     pub fn new(client: ClientConfig, node_name: impl Into<String>, root_dir: PathBuf) -> Self {
         Config {
             client,
@@ -77,7 +80,8 @@ impl Config {
             insecure_registries: Vec::new(),
             node_ip: None,
             shim_binary: None,
-            lease_renew_interval: Duration::from_secs(10),
+            lease_duration_seconds: lease::LEASE_DURATION_SECONDS,
+            lease_renew_interval: lease::renew_interval(lease::LEASE_DURATION_SECONDS),
             node_status_interval: Duration::from_secs(10),
             pod_resync_interval: Duration::from_secs(1),
             listen_address: None,
@@ -87,6 +91,14 @@ impl Config {
             state_on_tmpfs: false,
             max_parallel_pod_starts: StartSlots::per_cpu().count(),
         }
+    }
+
+    /// A Lease valid for `seconds`, renewed every quarter of that (the kubelet's rule).
+    /// The controller manager's `--node-monitor-grace-period` must be longer than the
+    /// renewal interval, or nodes flap between Ready and Unknown.
+    pub fn set_lease_duration(&mut self, seconds: i32) {
+        self.lease_duration_seconds = seconds;
+        self.lease_renew_interval = lease::renew_interval(seconds);
     }
 }
 
@@ -284,7 +296,12 @@ async fn run_inner<R: ContainerRuntime>(
         async move { heartbeat.run(interval, token).await }
             .instrument(tracing::info_span!("node_status", node = %config.node_name)),
     );
-    let lease = LeaseRenewer::new(client.clone(), config.node_name.clone(), node_uid);
+    let lease = LeaseRenewer::new(
+        client.clone(),
+        config.node_name.clone(),
+        node_uid,
+        config.lease_duration_seconds,
+    );
     let interval = config.lease_renew_interval;
     let token = shutdown.clone();
     tasks.spawn(

@@ -12,8 +12,15 @@ use tracing::{debug, info, warn};
 
 /// The namespace that holds node Leases.
 pub const NAMESPACE: &str = "kube-node-lease";
-/// How long a Lease stays valid without renewal (kubelet's default).
+/// How long a Lease stays valid without renewal, by default (kubelet's
+/// `--node-lease-duration-seconds`).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
+
+/// How often a Lease of `duration_seconds` is renewed: a quarter of its duration, as the
+/// kubelet does, so that three renewals can be missed before it runs out.
+pub fn renew_interval(duration_seconds: i32) -> Duration {
+    Duration::from_millis(u64::try_from(duration_seconds.max(1)).unwrap_or(1) * 250)
+}
 
 /// What renewing the Lease can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +54,18 @@ pub struct LeaseRenewer {
     leases: Api<Lease>,
     node: String,
     node_uid: String,
+    duration_seconds: i32,
 }
 
 impl LeaseRenewer {
-    /// A renewer for `node`; its Lease is owned by the Node (uid `node_uid`) so that it
-    /// goes away with it.
-    pub fn new(client: Client, node: String, node_uid: String) -> Self {
+    /// A renewer for `node` whose Lease says it is valid for `duration_seconds`; the
+    /// Lease is owned by the Node (uid `node_uid`) so that it goes away with it.
+    pub fn new(client: Client, node: String, node_uid: String, duration_seconds: i32) -> Self {
         LeaseRenewer {
             leases: Api::namespaced(client, NAMESPACE),
             node,
             node_uid,
+            duration_seconds,
         }
     }
 
@@ -95,7 +104,7 @@ impl LeaseRenewer {
             Some(mut lease) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.node.clone());
-                spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+                spec.lease_duration_seconds = Some(self.duration_seconds);
                 spec.renew_time = Some(MicroTime(Utc::now()));
                 self.leases
                     .replace(&self.node, &lease)
@@ -138,10 +147,26 @@ impl LeaseRenewer {
             },
             spec: Some(LeaseSpec {
                 holder_identity: Some(self.node.clone()),
-                lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                lease_duration_seconds: Some(self.duration_seconds),
                 renew_time: Some(MicroTime(Utc::now())),
                 ..Default::default()
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_renewed_every_quarter_of_its_duration() {
+        for (seconds, want) in [(40, 10_000), (8, 2_000), (1, 250), (0, 250), (-5, 250)] {
+            assert_eq!(
+                renew_interval(seconds),
+                Duration::from_millis(want),
+                "{seconds} s"
+            );
         }
     }
 }

@@ -81,6 +81,11 @@ struct Flags {
     /// served, so that a burst of pods comes up in order. One per CPU by default.
     #[arg(long)]
     max_parallel_pod_starts: Option<usize>,
+    /// How long the node's Lease is valid (`leaseDurationSeconds`); the agent renews it
+    /// every quarter of this. Keep it at most the controller manager's
+    /// `--node-monitor-grace-period`.
+    #[arg(long, default_value_t = rkube_nodeagent::lease::LEASE_DURATION_SECONDS, value_parser = clap::value_parser!(i32).range(1..))]
+    node_lease_duration_seconds: i32,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -128,6 +133,7 @@ fn main() -> anyhow::Result<ExitCode> {
     config.listen_address = Some(flags.listen_address);
     config.favor_dynamic_cgroups = flags.cgroup_favordynmods;
     config.state_on_tmpfs = flags.state_tmpfs;
+    config.set_lease_duration(flags.node_lease_duration_seconds);
     if let Some(starts) = flags.max_parallel_pod_starts {
         config.max_parallel_pod_starts = starts;
     }

@@ -3,13 +3,14 @@
 //! VTEP MAC, underlay address) when `up` returns, `rkube net check` passing right after
 //! `up` without waiting, `rkube status -o json` matching what exists, a busybox pod
 //! (pushed to the lab's registry) Running on each node through the scheduler, and
-//! `rkube down` leaving nothing behind: no processes, namespaces, links, mounts,
+//! no node ever NotReady while its agent runs (the Lease is renewed well within the
+//! controller manager's grace period), and `rkube down` leaving nothing behind: no processes, namespaces, links, mounts,
 //! cgroups, state or kubeconfig context. A guard tears the lab down even when an
 //! assertion fails. Names, ports and the underlay CIDR are unique to the test's pid.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rkube_ctl::lab::nodes::mounts_under;
 use rkube_tests::eventually;
@@ -42,6 +43,7 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
     let up_refs: Vec<&str> = up_args.iter().map(String::as_str).collect();
     let up = lab.rkube(&up_refs);
     assert!(up.status.success(), "rkube up failed");
+    let ready_at = Instant::now();
     let stdout = String::from_utf8_lossy(&up.stdout);
     assert!(stdout.contains("node-1 is Ready") && stdout.contains("node-2 is Ready"));
 
@@ -194,6 +196,22 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
         let prefix = cidr.rsplit_once('.').expect("IPv4 /24").0;
         assert!(ip.starts_with(&format!("{prefix}.")), "{ip} in {cidr}");
     }
+
+    // The nodes stayed Ready: past the lab's 8 s grace period and a Lease renewal or
+    // two more, the node lifecycle controller never saw a Lease run out.
+    let settle = Duration::from_secs(12).saturating_sub(ready_at.elapsed());
+    tokio::time::sleep(settle).await;
+    let events = lab
+        .kubectl_json(&["get", "events", "-A", "-o", "json"])
+        .expect("get events");
+    let not_ready: Vec<String> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["reason"] == "NodeNotReady")
+        .map(|e| format!("{} {}", e["involvedObject"]["name"], e["lastTimestamp"]))
+        .collect();
+    assert!(not_ready.is_empty(), "nodes went NotReady: {not_ready:?}");
 
     // What the containers made, to check that `down` removes it.
     let mut containers = Vec::new();
