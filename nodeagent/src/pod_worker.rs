@@ -638,9 +638,14 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
             }
         }
         let policy = PullPolicy::of(spec.image_pull_policy.as_deref(), &image);
-        // kubelet says "Pulling" when it goes to the registry; a restart with an image
-        // that may stay is "already present".
-        let pulls = policy == PullPolicy::Always || tracked.obs.image_id.is_none();
+        // kubelet says "Pulling" only when it goes to the registry (always with
+        // `Always`, else when the image is not on the node) and "already present"
+        // otherwise; `Never` never pulls.
+        let pulls = match policy {
+            PullPolicy::Always => true,
+            PullPolicy::IfNotPresent => !self.runtime.image_present(&image).await,
+            PullPolicy::Never => false,
+        };
         if pulls {
             event(
                 EventType::Normal,
@@ -648,9 +653,7 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 format!("Pulling image {image:?}"),
             );
         }
-        if self.start_slot.is_some()
-            && (policy == PullPolicy::Always || !self.runtime.image_present(&image).await)
-        {
+        if self.start_slot.is_some() && pulls {
             // A round trip to the registry, a download perhaps: the start slot goes to
             // the next pod meanwhile, so pods whose images are here come up while this
             // one waits (as kubelet's pods wait only for their own pulls).
@@ -3221,7 +3224,6 @@ mod tests {
         assert_eq!(
             order,
             [
-                "Pulling",
                 "Pulled",
                 "Created",
                 "Started",
@@ -3234,15 +3236,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            got[7].1,
-            "Container image \"reg.local/busybox:1\" already present on machine"
+            got[0].1, got[6].1,
+            "the image was on the node both times: no Pulling"
         );
-        assert_eq!(got[4].1, "Liveness probe failed: unhealthy");
         assert_eq!(
             got[6].1,
+            "Container image \"reg.local/busybox:1\" already present on machine"
+        );
+        assert_eq!(got[3].1, "Liveness probe failed: unhealthy");
+        assert_eq!(
+            got[5].1,
             "Container app failed liveness probe, will be restarted"
         );
-        let unhealthy = events.lock()[4].clone();
+        let unhealthy = events.lock()[3].clone();
         assert_eq!(unhealthy.type_.as_deref(), Some("Warning"));
         assert_eq!(
             unhealthy.involved_object.field_path.as_deref(),
@@ -3610,6 +3616,60 @@ mod tests {
             1,
             "no restart for a label change"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulling_is_said_only_when_the_registry_is_asked() {
+        let present = "Container image \"reg.local/busybox:1\" already present on machine";
+        let cases = [
+            (
+                "IfNotPresent, on the node",
+                "IfNotPresent",
+                true,
+                vec!["Pulled"],
+            ),
+            (
+                "IfNotPresent, absent",
+                "IfNotPresent",
+                false,
+                vec!["Pulling", "Pulled"],
+            ),
+            (
+                "Always, on the node",
+                "Always",
+                true,
+                vec!["Pulling", "Pulled"],
+            ),
+            ("Never, on the node", "Never", true, vec!["Pulled"]),
+        ];
+        for (name, policy, on_node, want) in cases {
+            let mut pod = TestPod::new("img").container("app");
+            pod.spec().containers[0].image_pull_policy = Some(policy.into());
+            let (mut worker, runtime, api, _pods, events) = worker_with_events(&pod);
+            if !on_node {
+                runtime.image_missing(&image()).notify_one();
+            }
+            worker.sync(&pod.update()).await;
+            assert_eq!(
+                api.last_status().phase.as_deref(),
+                Some("Running"),
+                "{name}"
+            );
+            let got = reasons(&events);
+            let pulls: Vec<&(String, String)> =
+                got.iter().filter(|(r, _)| r.starts_with("Pull")).collect();
+            let reasons: Vec<&str> = pulls.iter().map(|(r, _)| r.as_str()).collect();
+            assert_eq!(reasons, want, "{name}: {got:?}");
+            let pulled = &pulls.last().expect("a Pulled event").1;
+            if want.len() == 1 {
+                assert_eq!(pulled, present, "{name}");
+            } else {
+                assert!(
+                    pulled.starts_with("Successfully pulled image"),
+                    "{name}: {pulled}"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -182,7 +182,9 @@ fn finish(container: &mut FakeContainer, exit_code: i32) {
 
 impl ContainerRuntime for FakeRuntime {
     async fn image_present(&self, image: &str) -> bool {
-        !self.inner.lock().missing_images.contains_key(image)
+        // An image whose pull fails is not on the node either.
+        let inner = self.inner.lock();
+        !inner.missing_images.contains_key(image) && !inner.pull_errors.contains_key(image)
     }
 
     async fn pull_image(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef> {
