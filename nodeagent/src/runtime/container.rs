@@ -288,10 +288,14 @@ fn kube_capability(name: &str) -> String {
 /// `/proc/self/status`) as a bit mask; `None` when it cannot be read. A container can
 /// hold no capability outside it: the kernel refuses to raise one (a host or an outer
 /// container may lack, say, `SYS_RESOURCE`).
+/// Read once: a bounding set never grows.
 pub fn host_capabilities() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let mask = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
-    u64::from_str_radix(mask.trim(), 16).ok()
+    static BOUNDING: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *BOUNDING.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let mask = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+        u64::from_str_radix(mask.trim(), 16).ok()
+    })
 }
 
 /// The capabilities a container holds, in Kubernetes' spelling and the kernel's order:
