@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Toleration}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rkube_client::controller::Action;
 use rkube_client::{api, DeleteParams, ObjectRef, Store};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cluster::Writer;
 use crate::deployment::pod_template_hash;
@@ -404,7 +404,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> 
 
 /// Failures are retried with back-off.
 pub fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(daemonset = %ObjectRef::from_obj(ds.as_ref()), error = %err, "reconcile failed");
+    crate::failure::report("daemonset", &ObjectRef::from_obj(ds.as_ref()), err);
     Action::retry()
 }
 

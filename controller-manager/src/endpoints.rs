@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rkube_api::selector::LabelSelector;
 use rkube_client::controller::Action;
 use rkube_client::{api, ObjectRef, Store};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::cluster::Writer;
 use crate::pod;
@@ -189,7 +189,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 
 /// Failures (conflicts with a stale cache, mostly) are retried with back-off.
 pub fn error_policy(service: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(service = %ObjectRef::from_obj(service.as_ref()), error = %err, "endpoints update failed");
+    crate::failure::report("endpoints", &ObjectRef::from_obj(service.as_ref()), err);
     Action::retry()
 }
 

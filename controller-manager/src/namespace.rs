@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Pod, Se
 use k8s_openapi::NamespaceResourceScope;
 use rkube_client::controller::Action;
 use rkube_client::{api, Api, Client, DeleteParams, ListParams, Object};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cluster::Writer;
 
@@ -133,6 +133,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
 
 /// Failures are retried with back-off.
 pub fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = ?ns.metadata.name, error = %err, "namespace cleanup failed");
+    let name = ns.metadata.name.as_deref().unwrap_or_default();
+    crate::failure::report("namespace", &name, err);
     Action::retry()
 }

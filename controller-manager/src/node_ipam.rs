@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use parking_lot::Mutex;
 use rkube_client::controller::Action;
 use rkube_client::{api, ObjectRef, Store};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cluster::Writer;
 use crate::events::{EventRecorder, EventType};
@@ -144,7 +144,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
 
 /// Exhaustion is reported and retried with back-off (a deleted node frees a range).
 pub fn error_policy(node: Arc<Node>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(node = ?node.metadata.name, error = %err, "pod CIDR allocation failed");
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    crate::failure::report("node-ipam", &name, err);
     if matches!(err, Error::Exhausted(_)) {
         ctx.events.record(
             &*node,

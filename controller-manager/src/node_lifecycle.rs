@@ -240,7 +240,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
 
 /// Failures are retried with back-off.
 pub fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(node = ?node.metadata.name, error = %err, "node lifecycle update failed");
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    crate::failure::report("node-lifecycle", &name, err);
     Action::retry()
 }
 

@@ -434,12 +434,7 @@ fn source_text(err: &Error) -> String {
 
 /// Every failure is retried with the queue's back-off.
 pub fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(
-        replicaset = %ObjectRef::from_obj(rs.as_ref()),
-        error = %err,
-        cause = %source_text(err),
-        "reconcile failed"
-    );
+    crate::failure::report("replicaset", &ObjectRef::from_obj(rs.as_ref()), err);
     Action::retry()
 }
 

@@ -23,7 +23,6 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use rkube_api::selector::LabelSelector;
 use rkube_client::controller::Action;
 use rkube_client::{api, ObjectRef, Store};
-use tracing::warn;
 
 use crate::cluster::Writer;
 use crate::events::{EventRecorder, EventType};
@@ -119,10 +118,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> 
 
 /// Every failure is retried with the queue's back-off.
 pub fn error_policy(d: Arc<Deployment>, err: &Error, _ctx: Arc<Context>) -> Action {
-    let cause = std::error::Error::source(err)
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    warn!(deployment = %ObjectRef::from_obj(d.as_ref()), error = %err, %cause, "reconcile failed");
+    crate::failure::report("deployment", &ObjectRef::from_obj(d.as_ref()), err);
     Action::retry()
 }
 
