@@ -73,8 +73,9 @@ struct Flags {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     cgroup_favordynmods: bool,
     /// Keep the runtime's bookkeeping (container bundles, sandbox files, libcontainer's
-    /// state) on tmpfs mounts under the root dir, as containerd keeps its under /run;
-    /// images, logs and writable layers stay on disk.
+    /// state, the pod network's address allocations) on tmpfs mounts under the root
+    /// dir, as containerd keeps its under /run; images, logs and writable layers stay on
+    /// disk.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     state_tmpfs: bool,
     /// How many pods come up at once; the others wait their turn, first come first

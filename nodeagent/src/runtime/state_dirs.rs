@@ -8,7 +8,9 @@
 //! inode walks past the recently deleted ones, which made inode allocation the agents'
 //! largest single cost in a burst of pod starts. None of it outlives a reboot usefully
 //! (the containers do not either), so [`prepare`] mounts a tmpfs on each of these
-//! directories. Images, container logs and the containers' writable layers stay on disk.
+//! directories, and the agent does the same for the pod network's address file (which
+//! describes the sandboxes). Images, container logs and the containers' writable
+//! layers stay on disk.
 //!
 //! A directory that is already a tmpfs is kept; one that holds files (state of
 //! containers started before, say by an agent without this) is left on disk, so that
