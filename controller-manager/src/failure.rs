@@ -26,7 +26,7 @@ pub fn is_conflict(err: &(dyn StdError + 'static)) -> bool {
 }
 
 /// The sources of `err`, outermost first, joined by `": "` (empty without any).
-fn causes(err: &(dyn StdError + 'static)) -> String {
+pub fn causes(err: &(dyn StdError + 'static)) -> String {
     let mut causes = Vec::new();
     let mut next = err.source();
     while let Some(current) = next {

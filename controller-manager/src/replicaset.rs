@@ -412,7 +412,7 @@ pub fn compute_status(
             type_: "ReplicaFailure".into(),
             status: "True".into(),
             reason: Some(reason.into()),
-            message: Some(format!("{err}: {}", source_text(err))),
+            message: Some(format!("{err}: {}", crate::failure::causes(err))),
             last_transition_time: Some(Time(now)),
         }));
     }
@@ -424,12 +424,6 @@ pub fn compute_status(
         observed_generation: rs.metadata.generation,
         conditions: (!conditions.is_empty()).then_some(conditions),
     }
-}
-
-fn source_text(err: &Error) -> String {
-    std::error::Error::source(err)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
 }
 
 /// Every failure is retried with the queue's back-off.

@@ -159,14 +159,7 @@ async fn start_pod_network(
     if config.state_on_tmpfs {
         // The address allocations live exactly as long as the sandboxes they belong
         // to, which are on tmpfs too; no inode churn or fsync on disk per pod.
-        std::fs::create_dir_all(&state_dir)
-            .with_context(|| format!("create {}", state_dir.display()))?;
-        match crate::runtime::state_dirs::prepare(&state_dir) {
-            Ok(prepared) => {
-                tracing::debug!(path = %state_dir.display(), ?prepared, "pod network state directory")
-            }
-            Err(err) => tracing::warn!(error = %err, "pod network state stays on disk"),
-        }
+        crate::runtime::state_dirs::keep_on_tmpfs(&state_dir);
     }
     let startup = network::node::Startup {
         node_name: config.node_name.clone(),

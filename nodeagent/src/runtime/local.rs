@@ -185,13 +185,7 @@ impl LocalRuntime {
         }
         if config.state_on_tmpfs {
             for dir in ["sandboxes", "containers", "lc"] {
-                let path = root.join(dir);
-                match state_dirs::prepare(&path) {
-                    Ok(prepared) => {
-                        tracing::debug!(path = %path.display(), ?prepared, "runtime state directory")
-                    }
-                    Err(err) => tracing::warn!(error = %err, "runtime state stays on disk"),
-                }
+                state_dirs::keep_on_tmpfs(&root.join(dir));
             }
         }
         Ok(LocalRuntime {

@@ -50,6 +50,21 @@ pub enum Prepared {
     KeptOnDisk,
 }
 
+/// Makes `dir` (created when missing) a tmpfs where [`prepare`] can, and logs the
+/// outcome; state stays on disk when it cannot: slower, not broken.
+pub fn keep_on_tmpfs(dir: &Path) {
+    let prepared = std::fs::create_dir_all(dir)
+        .map_err(|source| Error::Inspect {
+            path: dir.to_path_buf(),
+            source,
+        })
+        .and_then(|()| prepare(dir));
+    match prepared {
+        Ok(prepared) => tracing::debug!(path = %dir.display(), ?prepared, "state directory"),
+        Err(err) => tracing::warn!(error = %err, "state stays on disk"),
+    }
+}
+
 /// Makes `dir` (which must exist) a tmpfs, as the module doc says.
 ///
 /// # Errors
