@@ -17,7 +17,7 @@
 //! | `logs/<name>.log` | each process's stdout and stderr (`agent-<node>` for agents) |
 //! | `run/<name>.pid` | each process's pid |
 //! | `lab.json` | the underlay: bridge, CIDR, and per node its address, netns, root dir |
-//! | `nodes/<node>/` | each node agent's root dir (images, containers, pods) |
+//! | `nodes/<node>/` | each node agent's root dir (images, containers, pods; tmpfs mounts for its bookkeeping, writable layers and logs) |
 //! | `registry/` | the registry's configuration and storage |
 //! | `registry-addr` | the registry's `host:port` |
 //! | `pki-hosts` | the extra hosts the apiserver certificate was generated for |
@@ -305,6 +305,11 @@ const AGENT: &str = "rkube-nodeagent";
 const NODE_GRACE_SECONDS: u32 = 8;
 /// How long pods stay on an unreachable lab node before they are evicted.
 const POD_EVICTION_SECONDS: u32 = 5;
+/// How much each lab node may keep in memory of its containers' writable layers, and
+/// as much of their logs: lab nodes do not outlive the machine's uptime, so their
+/// ephemeral storage lives in tmpfs (`--ephemeral-storage-tmpfs`), sparing the disk an
+/// inode churn on every pod start.
+const NODE_EPHEMERAL_STORAGE: &str = "2Gi";
 
 /// The control-plane components that talk to the apiserver with their own credentials.
 const COMPONENTS: [(&str, Component); 2] = [
@@ -597,6 +602,8 @@ pub async fn up_with_progress(
             registry.clone().into(),
             "--node-lease-duration-seconds".into(),
             NODE_GRACE_SECONDS.to_string().into(),
+            "--ephemeral-storage-tmpfs".into(),
+            NODE_EPHEMERAL_STORAGE.into(),
         ];
         if let Some(cpu) = &config.node_cpu {
             args.extend(["--node-cpu".into(), cpu.into()]);

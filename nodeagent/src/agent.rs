@@ -61,9 +61,12 @@ pub struct Config {
     /// starts (see [`crate::runtime::host_cgroups`]); on by default.
     pub favor_dynamic_cgroups: bool,
     /// Keep the runtime's bookkeeping on tmpfs mounts under `root_dir` (see
-    /// [`crate::runtime::state_dirs`]); off by default here, on in the binary. Whoever
+    /// [`crate::runtime::tmpfs`]); off by default here, on in the binary. Whoever
     /// removes `root_dir` then unmounts them.
     pub state_on_tmpfs: bool,
+    /// Keep the containers' writable layers and logs each on a tmpfs of this many bytes
+    /// (see [`crate::runtime::tmpfs`]); `None` (the default) keeps them on disk.
+    pub ephemeral_storage_tmpfs: Option<u64>,
     /// How many pods come up at once (see [`crate::start_slots`]); one per CPU by
     /// default. A lab's nodes share one machine's CPUs and get a share each.
     pub max_parallel_pod_starts: usize,
@@ -89,6 +92,7 @@ impl Config {
             pod_network: None,
             favor_dynamic_cgroups: true,
             state_on_tmpfs: false,
+            ephemeral_storage_tmpfs: None,
             max_parallel_pod_starts: StartSlots::per_cpu().count(),
         }
     }
@@ -119,6 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shim_binary,
         favor_dynamic_cgroups: config.favor_dynamic_cgroups,
         state_on_tmpfs: config.state_on_tmpfs,
+        ephemeral_storage_tmpfs: config.ephemeral_storage_tmpfs,
     })
     .context("prepare the container runtime")?;
     runtime.set_log_rotation(config.log_rotation);
@@ -159,7 +164,7 @@ async fn start_pod_network(
     if config.state_on_tmpfs {
         // The address allocations live exactly as long as the sandboxes they belong
         // to, which are on tmpfs too; no inode churn or fsync on disk per pod.
-        crate::runtime::state_dirs::keep_on_tmpfs(&state_dir);
+        crate::runtime::tmpfs::keep_on_tmpfs(&state_dir, crate::runtime::tmpfs::STATE);
     }
     let startup = network::node::Startup {
         node_name: config.node_name.clone(),

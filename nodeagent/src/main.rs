@@ -74,10 +74,17 @@ struct Flags {
     cgroup_favordynmods: bool,
     /// Keep the runtime's bookkeeping (container bundles, sandbox files, libcontainer's
     /// state, the pod network's address allocations) on tmpfs mounts under the root
-    /// dir, as containerd keeps its under /run; images, logs and writable layers stay on
-    /// disk.
+    /// dir, as containerd keeps its under /run; images stay on disk, and so do logs and
+    /// writable layers unless `--ephemeral-storage-tmpfs` says otherwise.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     state_tmpfs: bool,
+    /// Keep the containers' writable layers and logs in memory: a tmpfs of this size
+    /// (e.g. 2Gi) on each of `layers/` and `logs/` under the root dir. For nodes that do
+    /// not outlive their machine's uptime, such as `rkube up`'s lab nodes: it saves
+    /// the disk's inode churn on every pod start, and loses the logs of exited
+    /// containers at reboot. Off by default: on disk.
+    #[arg(long, value_parser = rkube_nodeagent::machine::parse_memory_quantity)]
+    ephemeral_storage_tmpfs: Option<u64>,
     /// How many pods come up at once; the others wait their turn, first come first
     /// served, so that a burst of pods comes up in order. One per CPU by default.
     #[arg(long)]
@@ -134,6 +141,7 @@ fn main() -> anyhow::Result<ExitCode> {
     config.listen_address = Some(flags.listen_address);
     config.favor_dynamic_cgroups = flags.cgroup_favordynmods;
     config.state_on_tmpfs = flags.state_tmpfs;
+    config.ephemeral_storage_tmpfs = flags.ephemeral_storage_tmpfs;
     config.set_lease_duration(flags.node_lease_duration_seconds);
     if let Some(starts) = flags.max_parallel_pod_starts {
         config.max_parallel_pod_starts = starts;

@@ -20,7 +20,9 @@ use rkube_ctl::pki::Component;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::TestApiserver;
+use rkube_client::{Api, Client};
+
+use crate::{Etcd, TestApiserver};
 
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 const BUSYBOX: &str = "/bin/busybox";
@@ -243,12 +245,49 @@ pub async fn push_busybox_to(addr: &str) -> anyhow::Result<String> {
     Ok(image)
 }
 
+/// What an agent under test talks to: a real etcd, apiserver and registry, the busybox
+/// image pushed there, and an admin client.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub api: TestApiserver,
+    pub registry: Registry,
+    pub image: String,
+    pub admin: Client,
+}
+
+impl Cluster {
+    /// Starts all of it; panics (the test fails) when a piece does not start.
+    pub async fn start() -> Cluster {
+        let etcd = Etcd::start().await.expect("etcd");
+        let api = TestApiserver::start(&etcd).await.expect("apiserver");
+        let registry = Registry::start().await.expect("registry");
+        let image = push_busybox(&registry).await.expect("push image");
+        let admin = Client::connect(api.client_config(Component::Admin))
+            .await
+            .expect("connect");
+        Cluster {
+            etcd,
+            api,
+            registry,
+            image,
+            admin,
+        }
+    }
+
+    /// Pods in the `default` namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), "default")
+    }
+}
+
 /// The agent with the built-in runtime; on drop it stops and then removes whatever its
 /// containers left (processes, mounts, cgroups), even when an assertion failed.
 pub struct Agent {
     pub shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub root: tempfile::TempDir,
+    /// What it was started with; a restart starts the same.
+    config: rkube_nodeagent::Config,
 }
 
 impl Agent {
@@ -293,23 +332,23 @@ impl Agent {
         // The NodeAgent service (logs, exec, stats) on a free loopback port.
         config.listen_address = Some("127.0.0.1:0".parse()?);
         configure(&mut config);
+        Ok(Agent::spawn(root, config))
+    }
+
+    fn spawn(root: tempfile::TempDir, config: rkube_nodeagent::Config) -> Agent {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(rkube_nodeagent::run(config, shutdown.clone()));
-        Ok(Agent {
+        let task = tokio::spawn(rkube_nodeagent::run(config.clone(), shutdown.clone()));
+        Agent {
             shutdown,
             task: Some(task),
             root,
-        })
+            config,
+        }
     }
 
     /// Stops this agent the way a restart would (its containers keep running) and
-    /// starts a new one on the same state directory.
-    pub async fn restart(
-        mut self,
-        api: &TestApiserver,
-        node: &str,
-        registry: &str,
-    ) -> anyhow::Result<Agent> {
+    /// starts a new one with the same configuration on the same state directory.
+    pub async fn restart(mut self) -> anyhow::Result<Agent> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(10), task)
@@ -320,8 +359,9 @@ impl Agent {
         }
         // The old agent's drop then cleans an empty directory, not the live one.
         let root = std::mem::replace(&mut self.root, tempfile::tempdir().context("state dir")?);
+        let config = self.config.clone();
         drop(self);
-        Agent::start_in(root, api, node, registry)
+        Ok(Agent::spawn(root, config))
     }
 
     pub fn containers(&self) -> Vec<String> {

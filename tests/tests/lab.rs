@@ -213,6 +213,21 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
         .collect();
     assert!(not_ready.is_empty(), "nodes went NotReady: {not_ready:?}");
 
+    // Lab nodes keep their containers' writable layers and logs in memory.
+    for root in &roots {
+        for dir in ["layers", "logs"] {
+            let path = root.join(dir);
+            let fs = nix::sys::statfs::statfs(&path)
+                .unwrap_or_else(|err| panic!("statfs {}: {err}", path.display()));
+            assert_eq!(
+                fs.filesystem_type(),
+                nix::sys::statfs::TMPFS_MAGIC,
+                "{} is a tmpfs",
+                path.display()
+            );
+        }
+    }
+
     // What the containers made, to check that `down` removes it.
     let mut containers = Vec::new();
     for root in &roots {

@@ -102,6 +102,7 @@ async fn sandboxes_join_the_pod_network() {
             shim_binary: std::env::current_exe().expect("this test binary"),
             favor_dynamic_cgroups: true,
             state_on_tmpfs: false,
+            ephemeral_storage_tmpfs: None,
         })
         .expect("runtime");
         let handle = NetworkHandle::new("cluster.local");

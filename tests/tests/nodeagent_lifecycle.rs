@@ -31,12 +31,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use rkube_client::{Api, Client, DeleteParams, ListParams};
+use rkube_client::{Api, DeleteParams, ListParams};
 use rkube_ctl::pki::Component;
+use rkube_tests::eventually;
 use rkube_tests::node::{
-    clean_up_agent_state, log_files, phase, pod, push_busybox, root_test_main, Agent, Registry,
+    clean_up_agent_state, log_files, phase, pod, root_test_main, Agent, Cluster,
 };
-use rkube_tests::{eventually, Etcd, TestApiserver};
 
 fn main() -> std::process::ExitCode {
     root_test_main(
@@ -60,38 +60,6 @@ fn main() -> std::process::ExitCode {
             ),
         ],
     )
-}
-
-/// A real etcd, apiserver and registry with the busybox image, and an admin client.
-struct Cluster {
-    _etcd: Etcd,
-    api: TestApiserver,
-    registry: Registry,
-    image: String,
-    admin: Client,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let etcd = Etcd::start().await.expect("etcd");
-        let api = TestApiserver::start(&etcd).await.expect("apiserver");
-        let registry = Registry::start().await.expect("registry");
-        let image = push_busybox(&registry).await.expect("push image");
-        let admin = Client::connect(api.client_config(Component::Admin))
-            .await
-            .expect("connect");
-        Cluster {
-            _etcd: etcd,
-            api,
-            registry,
-            image,
-            admin,
-        }
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), "default")
-    }
 }
 
 fn main_status(pod: &Pod) -> Option<ContainerStatus> {

@@ -6,7 +6,9 @@
 //! period and removes its containers, sandbox and cgroups; a pod with a configMap
 //! volume and a memory-backed emptyDir shared by its init and main containers shows
 //! both files' contents in its log, and its volumes go with it; a `sleep` pod keeps
-//! its container (same id and process, restartCount 0) across an agent restart.
+//! its container (same id and process, restartCount 0) across an agent restart. An
+//! agent told `--ephemeral-storage-tmpfs` keeps writable layers and logs on tmpfs
+//! mounts of that size, which a restart keeps and a full one refuses writes to.
 //!
 //! This binary has its own `main` (harness = false) because it doubles as the agent's
 //! helper: the runtime re-executes it as `<this binary> shim …`.
@@ -21,28 +23,34 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rkube_client::{Api, Client, DeleteParams};
 use rkube_ctl::pki::Component;
 use rkube_tests::node::{
-    cgroup_dirs, entries, log_files, phase, pod, push_busybox, root_test_main, Agent, Registry,
+    cgroup_dirs, entries, log_files, phase, pod, root_test_main, Agent, Cluster,
 };
-use rkube_tests::{eventually, Etcd, TestApiserver};
+use rkube_tests::{eventually, TestApiserver};
 
 fn main() -> std::process::ExitCode {
     root_test_main(
         "nodeagent_runtime",
-        &[(
-            "runs_a_pod_logs_its_output_and_deletes_a_running_pod",
-            || Box::pin(runs_a_pod_logs_its_output_and_deletes_a_running_pod()),
-        )],
+        &[
+            (
+                "runs_a_pod_logs_its_output_and_deletes_a_running_pod",
+                || Box::pin(runs_a_pod_logs_its_output_and_deletes_a_running_pod()),
+            ),
+            (
+                "keeps_writable_layers_and_logs_in_memory_when_asked",
+                || Box::pin(keeps_writable_layers_and_logs_in_memory_when_asked()),
+            ),
+        ],
     )
 }
 
 async fn runs_a_pod_logs_its_output_and_deletes_a_running_pod() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let registry = Registry::start().await.expect("registry");
-    let image = push_busybox(&registry).await.expect("push image");
-    let admin = Client::connect(api.client_config(Component::Scheduler))
-        .await
-        .expect("connect");
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin,
+    } = Cluster::start().await;
     let node = format!("na-runtime-{}", std::process::id());
     let agent = Agent::start(&api, &node, &registry.addr).expect("agent");
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
@@ -173,15 +181,7 @@ async fn runs_a_pod_logs_its_output_and_deletes_a_running_pod() {
         },
     )
     .await;
-    let agent = keeps_containers_running_across_an_agent_restart(
-        &api,
-        &pods,
-        agent,
-        &node,
-        &image,
-        &registry.addr,
-    )
-    .await;
+    let agent = keeps_containers_running_across_an_agent_restart(&pods, agent, &node, &image).await;
     agent.stop().await;
 }
 
@@ -324,12 +324,10 @@ fn main_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus>
 /// A `sleep` pod survives the agent stopping and a new agent starting on the same state
 /// directory: same container, same process, restartCount 0, still Running.
 async fn keeps_containers_running_across_an_agent_restart(
-    api: &TestApiserver,
     pods: &Api<Pod>,
     agent: Agent,
     node: &str,
     image: &str,
-    registry: &str,
 ) -> Agent {
     let name = format!("survivor-{}", std::process::id());
     pods.create(&pod(&name, node, image, &["sleep", "1000"], 1))
@@ -354,10 +352,7 @@ async fn keeps_containers_running_across_an_agent_restart(
         .join("container.pid");
     let pid = std::fs::read_to_string(&pid_file).expect("container pid");
 
-    let agent = agent
-        .restart(api, node, registry)
-        .await
-        .expect("restart the agent");
+    let agent = agent.restart().await.expect("restart the agent");
     // Several resyncs of the new agent's worker.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pod = pods
@@ -393,4 +388,150 @@ async fn keeps_containers_running_across_an_agent_restart(
     })
     .await;
     agent
+}
+
+/// The agent's `ephemeral_storage_tmpfs` (`--ephemeral-storage-tmpfs`): `layers/` and
+/// `logs/` are tmpfs mounts of the given size; a container's writes land there, a write
+/// past the size fails with ENOSPC (said in its log), a restarted agent keeps the
+/// mounts and what a running container wrote instead of hiding them, and removing the
+/// pods empties both.
+async fn keeps_writable_layers_and_logs_in_memory_when_asked() {
+    const SIZE: u64 = 16 * 1024 * 1024;
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin,
+    } = Cluster::start().await;
+    let node = format!("na-ephemeral-{}", std::process::id());
+    let agent = Agent::start_configured(
+        tempfile::tempdir().expect("state dir"),
+        &api,
+        &node,
+        &registry.addr,
+        |config| config.ephemeral_storage_tmpfs = Some(SIZE),
+    )
+    .expect("agent");
+    let pods: Api<Pod> = Api::namespaced(admin, "default");
+    let root = agent.root.path().to_path_buf();
+
+    let writer = format!("writer-{}", std::process::id());
+    let script = "dd if=/dev/zero of=/written bs=1M count=4 && echo wrote 4MiB && sleep 1000";
+    pods.create(&pod(&writer, &node, &image, &["sh", "-c", script], 1))
+        .await
+        .expect("create the writer");
+    eventually("the writer wrote", Duration::from_secs(60), || async {
+        let pod = pods.get_opt(&writer).await.ok().flatten()?;
+        let logged = logs_text(&root.join("logs")).contains("stdout F wrote 4MiB");
+        (phase(&pod).as_deref() == Some("Running") && logged).then_some(())
+    })
+    .await;
+    for dir in ["layers", "logs"] {
+        assert_tmpfs_of(&root.join(dir), SIZE);
+    }
+    let written = find_file(&root.join("layers"), "written").expect("/written in an upper dir");
+    assert_eq!(
+        std::fs::metadata(&written).expect("stat").len(),
+        4 * 1024 * 1024
+    );
+
+    // 32 MiB do not fit in what is left of 16.
+    let filler = format!("filler-{}", std::process::id());
+    let too_big = pod(
+        &filler,
+        &node,
+        &image,
+        &["dd", "if=/dev/zero", "of=/filler", "bs=1M", "count=32"],
+        1,
+    );
+    pods.create(&too_big).await.expect("create the filler");
+    let failed = eventually("the filler Failed", Duration::from_secs(60), || async {
+        let pod = pods.get_opt(&filler).await.ok().flatten()?;
+        (phase(&pod).as_deref() == Some("Failed")).then_some(pod)
+    })
+    .await;
+    let terminated = main_status(&failed)
+        .and_then(|s| s.state)
+        .and_then(|s| s.terminated)
+        .expect("terminated state");
+    assert_ne!(terminated.exit_code, 0);
+    let text = logs_text(&root.join("logs"));
+    assert!(
+        text.contains("No space left on device"),
+        "the filler says why: {text:?}"
+    );
+
+    // A restart keeps the mounts and the writer's file, and the writer runs on.
+    let before = main_status(&pods.get(&writer).await.expect("get the writer"));
+    let agent = agent.restart().await.expect("restart the agent");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pods.get(&writer).await.expect("get the writer");
+    assert_eq!(phase(&after).as_deref(), Some("Running"));
+    assert_eq!(
+        main_status(&after).and_then(|s| s.container_id),
+        before.and_then(|s| s.container_id)
+    );
+    for dir in ["layers", "logs"] {
+        assert_tmpfs_of(&root.join(dir), SIZE);
+    }
+    assert!(written.exists(), "{} is still there", written.display());
+
+    for name in [&writer, &filler] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+    }
+    eventually(
+        "layers and logs emptied",
+        Duration::from_secs(30),
+        || async {
+            (entries(&root.join("layers")).is_empty() && entries(&root.join("logs")).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    agent.stop().await;
+}
+
+/// Every CRI log line under `dir`.
+fn logs_text(dir: &Path) -> String {
+    log_files(dir)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+/// The first file named `name` under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == name) {
+                return Some(path);
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    None
+}
+
+fn assert_tmpfs_of(dir: &Path, size: u64) {
+    let fs = nix::sys::statfs::statfs(dir)
+        .unwrap_or_else(|err| panic!("statfs {}: {err}", dir.display()));
+    assert_eq!(
+        fs.filesystem_type(),
+        nix::sys::statfs::TMPFS_MAGIC,
+        "{} is a tmpfs",
+        dir.display()
+    );
+    assert_eq!(
+        fs.blocks() as u64 * fs.block_size() as u64,
+        size,
+        "{} has the size asked",
+        dir.display()
+    );
 }

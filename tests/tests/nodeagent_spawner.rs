@@ -101,6 +101,7 @@ async fn one_spawner_forks_the_helpers() {
         shim_binary: std::env::current_exe().expect("this binary"),
         favor_dynamic_cgroups: true,
         state_on_tmpfs: true,
+        ephemeral_storage_tmpfs: None,
     })
     .expect("runtime");
     assert_eq!(

@@ -460,6 +460,7 @@ async fn serves_logs_exec_and_stats_over_grpc() {
         shim_binary: std::env::current_exe().expect("this binary"),
         favor_dynamic_cgroups: true,
         state_on_tmpfs: false,
+        ephemeral_storage_tmpfs: None,
     })
     .expect("runtime");
     let sleeper_id = ContainerId(

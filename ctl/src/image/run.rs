@@ -199,6 +199,7 @@ fn run_container(store: &Store, run: &Oneshot) -> Result<oneshot::Outcome> {
         shim_binary,
         favor_dynamic_cgroups: false,
         state_on_tmpfs: false,
+        ephemeral_storage_tmpfs: None,
     })
     .map_err(|source| Error::Runtime {
         path: root_dir,

@@ -33,7 +33,7 @@ use super::spawner::{self, Spawner};
 use super::state::{
     self, ContainerMeta, ContainerPaths, Exited, SandboxMeta, SandboxPaths, Started,
 };
-use super::state_dirs;
+use super::tmpfs;
 use super::Mount;
 use super::{
     ContainerConfig, ContainerId, ContainerInfo, ContainerRuntime, ContainerState, Error,
@@ -58,8 +58,11 @@ pub struct LocalRuntimeConfig {
     /// agent does unless told not to.
     pub favor_dynamic_cgroups: bool,
     /// Keep the runtime's bookkeeping (bundles, sandbox files, libcontainer's state) on
-    /// tmpfs mounts (see [`state_dirs`]); writable layers go to `layers/` on disk then.
+    /// tmpfs mounts (see [`tmpfs`]).
     pub state_on_tmpfs: bool,
+    /// Keep the containers' writable layers (`layers/`) and logs (`logs/`) each on a
+    /// tmpfs of this many bytes (see [`tmpfs`]) instead of on disk.
+    pub ephemeral_storage_tmpfs: Option<u64>,
 }
 
 /// A helper that reported a failure (its stderr), or a step around it that failed.
@@ -185,7 +188,12 @@ impl LocalRuntime {
         }
         if config.state_on_tmpfs {
             for dir in ["sandboxes", "containers", "lc"] {
-                state_dirs::keep_on_tmpfs(&root.join(dir));
+                tmpfs::keep_on_tmpfs(&root.join(dir), tmpfs::STATE);
+            }
+        }
+        if let Some(size_bytes) = config.ephemeral_storage_tmpfs {
+            for dir in ["layers", "logs"] {
+                tmpfs::keep_on_tmpfs(&root.join(dir), tmpfs::Limits::ephemeral(size_bytes));
             }
         }
         Ok(LocalRuntime {

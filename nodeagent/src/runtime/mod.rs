@@ -8,9 +8,10 @@
 //! [`container`] (the OCI spec of a container) and [`state`] (the files through which
 //! the agent and its [`crate::shim`] helpers talk); [`exec`] runs commands in running
 //! containers and [`logs`] reads their CRI logs; [`host_cgroups`] makes the host's cgroup
-//! moves cheap; [`state_dirs`] keeps the runtime's bookkeeping on tmpfs; [`spawner`]
-//! forks the helpers from one pre-started process; [`oneshot`] runs one container to its
-//! end (`RUN` of an image build).
+//! moves cheap; [`tmpfs`] keeps the runtime's bookkeeping (and, when asked, the
+//! writable layers and logs) in memory; [`spawner`] forks the helpers from one
+//! pre-started process; [`oneshot`] runs one container to its end (`RUN` of an image
+//! build).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -33,7 +34,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spawner;
 pub mod state;
-pub mod state_dirs;
+pub mod tmpfs;
 
 pub use local::{LocalRuntime, LocalRuntimeConfig, LogRotation};
 

@@ -153,6 +153,7 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
         shim_binary: agent_binary()?,
         favor_dynamic_cgroups: true,
         state_on_tmpfs: true,
+        ephemeral_storage_tmpfs: None,
     })
     .context("runtime")?;
     let image = runtime
@@ -190,7 +191,8 @@ async fn runtime_figures(registry: &Registry, image: &str) -> anyhow::Result<()>
     // runc's own state on a tmpfs, where it keeps it by default (/run/runc).
     let runc_root = root.join("runc");
     std::fs::create_dir_all(&runc_root).context("runc root")?;
-    rkube_nodeagent::runtime::state_dirs::prepare(&runc_root).context("runc root on tmpfs")?;
+    rkube_nodeagent::runtime::tmpfs::prepare(&runc_root, rkube_nodeagent::runtime::tmpfs::STATE)
+        .context("runc root on tmpfs")?;
 
     let mut ours = Vec::with_capacity(STARTS);
     let mut theirs = Vec::with_capacity(STARTS);
