@@ -5,16 +5,24 @@
 //! channel to a background task that writes them through an [`EventSink`], folding
 //! repeats of the same event into one object with a growing `count`, as client-go's
 //! recorder does. [`EventRecorder::capturing`] keeps events in memory instead (tests).
+//!
+//! Events yield to the work they describe: while a component says it is busy
+//! ([`EventRecorder::busy`], say while pods come up on a node), its events wait, each at
+//! most [`MAX_HOLD`] after it was recorded, and are written once the work is done. They
+//! are diagnostics; half of the writes of a burst of pod starts are its events, and a
+//! pod should not come up later for the story of its own start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -78,10 +86,13 @@ const REMEMBERED: usize = 4096;
 /// How many events may wait to be written before new ones are dropped.
 const PENDING: usize = 1024;
 
+/// The longest an event waits for its component to stop being busy.
+pub const MAX_HOLD: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 enum Target {
     Disabled,
-    Channel(mpsc::Sender<Event>),
+    Channel(mpsc::Sender<(Event, Instant)>),
     Capture(Arc<Mutex<Vec<Event>>>),
 }
 
@@ -90,6 +101,46 @@ enum Target {
 pub struct EventRecorder {
     target: Target,
     source: EventSource,
+    busy: Arc<Busy>,
+}
+
+/// How much work a component has in hand that its events wait for.
+#[derive(Debug, Default)]
+struct Busy {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Busy {
+    fn is_busy(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 0
+    }
+
+    /// Returns once nothing is in hand.
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a guard dropped in between still wakes us.
+            notified.as_mut().enable();
+            if !self.is_busy() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Work in hand (see [`EventRecorder::busy`]); dropping it says the work is done.
+#[derive(Debug)]
+pub struct BusyGuard(Arc<Busy>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// What identifies repeats of one event: object uid, field path, reason, message.
@@ -103,7 +154,9 @@ impl EventRecorder {
         source: EventSource,
         shutdown: CancellationToken,
     ) -> Self {
-        let (sender, mut receiver) = mpsc::channel::<Event>(PENDING);
+        let (sender, mut receiver) = mpsc::channel::<(Event, Instant)>(PENDING);
+        let busy = Arc::new(Busy::default());
+        let work = busy.clone();
         tokio::spawn(async move {
             let mut written: HashMap<RepeatKey, Event> = HashMap::new();
             loop {
@@ -111,7 +164,16 @@ impl EventRecorder {
                     _ = shutdown.cancelled() => return,
                     event = receiver.recv() => event,
                 };
-                let Some(event) = event else { return };
+                let Some((event, recorded)) = event else {
+                    return;
+                };
+                if work.is_busy() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        () = work.idle() => {}
+                        () = tokio::time::sleep_until(recorded + MAX_HOLD) => {}
+                    }
+                }
                 let key = (
                     event.involved_object.uid.clone().unwrap_or_default(),
                     event.involved_object.field_path.clone().unwrap_or_default(),
@@ -146,6 +208,7 @@ impl EventRecorder {
         EventRecorder {
             target: Target::Channel(sender),
             source,
+            busy,
         }
     }
 
@@ -154,6 +217,7 @@ impl EventRecorder {
         EventRecorder {
             target: Target::Disabled,
             source: EventSource::default(),
+            busy: Arc::default(),
         }
     }
 
@@ -164,8 +228,16 @@ impl EventRecorder {
         let recorder = EventRecorder {
             target: Target::Capture(events.clone()),
             source,
+            busy: Arc::default(),
         };
         (recorder, events)
+    }
+
+    /// Says the component has work in hand that its events should not slow: until the
+    /// guard (and every other one) is dropped, events wait, each at most [`MAX_HOLD`].
+    pub fn busy(&self) -> BusyGuard {
+        self.busy.count.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(self.busy.clone())
     }
 
     /// Records an event about `object`; dropped when too many are pending.
@@ -228,7 +300,7 @@ impl EventRecorder {
         match &self.target {
             Target::Disabled => {}
             Target::Channel(sender) => {
-                let _ = sender.try_send(event);
+                let _ = sender.try_send((event, Instant::now()));
             }
             Target::Capture(events) => events.lock().push(event),
         }
@@ -313,6 +385,51 @@ mod tests {
         assert_eq!(repeat.type_.as_deref(), Some("Warning"));
         assert_eq!(repeat.metadata.namespace.as_deref(), Some("ns"));
         assert_eq!(calls[2].1.involved_object.field_path, None);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_wait_while_the_component_is_busy_at_most_max_hold() {
+        let sink = Arc::new(Fake::default());
+        let shutdown = CancellationToken::new();
+        let recorder = EventRecorder::spawn(sink.clone(), source(), shutdown.clone());
+        let pod = pod();
+        let written = |sink: &Fake| sink.calls.lock().len();
+        let step = Duration::from_millis(100);
+
+        // Not busy: written at once.
+        recorder.record(&pod, EventType::Normal, "Scheduled", "a".into());
+        tokio::time::sleep(step).await;
+        assert_eq!(written(&sink), 1);
+
+        // Busy: held until the last guard goes.
+        let first = recorder.busy();
+        let second = recorder.busy();
+        recorder.record(&pod, EventType::Normal, "Pulled", "b".into());
+        recorder.record(&pod, EventType::Normal, "Created", "c".into());
+        tokio::time::sleep(step).await;
+        assert_eq!(written(&sink), 1, "held while busy");
+        drop(first);
+        tokio::time::sleep(step).await;
+        assert_eq!(written(&sink), 1, "still busy");
+        drop(second);
+        tokio::time::sleep(step).await;
+        assert_eq!(written(&sink), 3, "written once idle");
+
+        // Busy for longer than MAX_HOLD: written after MAX_HOLD anyway.
+        let _forever = recorder.busy();
+        recorder.record(&pod, EventType::Normal, "Started", "d".into());
+        tokio::time::sleep(MAX_HOLD - step).await;
+        assert_eq!(written(&sink), 3, "held up to MAX_HOLD");
+        tokio::time::sleep(2 * step).await;
+        assert_eq!(written(&sink), 4, "written after MAX_HOLD");
+        let reasons: Vec<String> = sink
+            .calls
+            .lock()
+            .iter()
+            .filter_map(|(_, e)| e.reason.clone())
+            .collect();
+        assert_eq!(reasons, ["Scheduled", "Pulled", "Created", "Started"]);
         shutdown.cancel();
     }
 

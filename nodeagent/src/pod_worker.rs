@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, KeyToPath, Pod, PodSpec, PodStatus, Secret, Volume,
 };
 use k8s_openapi::chrono::Utc;
-use rkube_client::events::{EventRecorder, EventType};
+use rkube_client::events::{BusyGuard, EventRecorder, EventType};
 use rkube_client::{api, Api, Client, DeleteParams};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -283,8 +283,9 @@ pub struct PodWorker<R, A> {
     mount_error: Option<String>,
     /// The agent's start slots; `None`: pods come up without waiting for one.
     start_slots: Option<StartSlots>,
-    /// The slot this pod holds while it first comes up.
-    start_slot: Option<Slot>,
+    /// The slot this pod holds while it first comes up, with the mark that holds the
+    /// agent's events back meanwhile (see [`rkube_client::events`]).
+    start_slot: Option<(Slot, BusyGuard)>,
 }
 
 /// `spec.containers{name}`: an event's `fieldPath` for a container of the pod.
@@ -428,7 +429,10 @@ impl<R: ContainerRuntime, A: PodApi> PodWorker<R, A> {
                 self.refresh().await;
             }
             if let (None, Some(slots)) = (&self.sandbox, &self.start_slots) {
-                self.start_slot = Some(slots.take().await);
+                // Busy from the moment it waits: a queue of pods keeps events back until
+                // the last of them is up.
+                let busy = self.events.busy();
+                self.start_slot = Some((slots.take().await, busy));
             }
             self.converge(pod, spec).await;
             // Given back before the status is written: the next pod may begin.

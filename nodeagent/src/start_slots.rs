@@ -8,7 +8,8 @@
 //! bound at once comes up in order, one after another per slot, instead of every pod
 //! sharing the CPUs and all of them becoming Running together at the end: the same
 //! throughput, with the first pods Running long before the last.
-//! The default is one slot per CPU.
+//! The default is one slot per CPU. While pods wait for a slot or hold one, the
+//! agent's events wait too ([`rkube_client::events::EventRecorder::busy`]).
 
 use std::sync::Arc;
 
