@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Binding, Event, EventSource, Namespace, Node, ObjectReference, Pod, PodCondition,
+    Binding, EventSource, Namespace, Node, ObjectReference, Pod, PodCondition,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use rkube_client::events::{EventRecorder, EventType};
 use rkube_client::watcher::Event as WatchEvent;
 use rkube_client::{watcher, Api, Client, WatcherConfig};
 use tokio::runtime::Handle;
@@ -59,14 +60,6 @@ pub struct Metrics {
     pub total_nodes: AtomicU64,
 }
 
-/// A Kubernetes event to write.
-struct PendingEvent {
-    pod: Arc<Pod>,
-    type_: &'static str,
-    reason: &'static str,
-    message: String,
-}
-
 /// The scheduler's shared state.
 pub struct Scheduler {
     client: Client,
@@ -74,7 +67,8 @@ pub struct Scheduler {
     queue: Arc<SchedulingQueue>,
     frameworks: HashMap<String, Arc<Framework>>,
     metrics: Arc<Metrics>,
-    events: mpsc::Sender<PendingEvent>,
+    /// `Scheduled` and `FailedScheduling`; held back while pods are being placed.
+    events: EventRecorder,
     binds: Arc<Semaphore>,
     runtime: Handle,
 }
@@ -104,7 +98,15 @@ pub async fn run_scheduler(
             .map_err(Error::Profile)?;
         frameworks.insert(profile.scheduler_name.clone(), Arc::new(fw));
     }
-    let (events_tx, events_rx) = mpsc::channel(10_000);
+    // Its task ends when the scheduler (every clone of the recorder) is gone.
+    let events = EventRecorder::spawn(
+        Arc::new(client.clone()),
+        EventSource {
+            component: Some(crate::config::DEFAULT_SCHEDULER_NAME.to_string()),
+            host: None,
+        },
+        CancellationToken::new(),
+    );
     let scheduler = Arc::new(Scheduler {
         client: client.clone(),
         cache: Cache::new(),
@@ -114,14 +116,11 @@ pub async fn run_scheduler(
         )),
         frameworks,
         metrics,
-        events: events_tx,
+        events,
         binds: Arc::new(Semaphore::new(MAX_BINDS_IN_FLIGHT)),
         runtime: Handle::current(),
     });
 
-    let recorder = tokio::spawn(
-        record_events(client.clone(), events_rx).instrument(tracing::info_span!("event_recorder")),
-    );
     let (synced_tx, mut synced_rx) = mpsc::channel::<&'static str>(3);
     let informers = [
         tokio::spawn(
@@ -167,9 +166,6 @@ pub async fn run_scheduler(
     for informer in informers {
         informer.abort();
     }
-    // Let queued events drain briefly; the recorder ends when every sender is gone.
-    drop(scheduler);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), recorder).await;
     Ok(())
 }
 
@@ -255,6 +251,8 @@ impl Scheduler {
 
     /// One scheduling cycle (on the scheduling thread); hands the bind to the runtime.
     fn schedule_one(self: &Arc<Self>, queued: QueuedPod) {
+        // Events wait while pods are placed, until this one is bound (or not).
+        let busy = self.events.busy();
         let pod = queued.info.clone();
         if self.cache.contains_pod(&pod.key) {
             self.queue.done(&pod.key);
@@ -328,6 +326,7 @@ impl Scheduler {
             async move {
                 this.bind(queued, fw, state, node).await;
                 drop(permit);
+                drop(busy);
             }
             .instrument(span),
         );
@@ -357,9 +356,9 @@ impl Scheduler {
                 self.metrics.bound.fetch_add(1, Ordering::Relaxed);
                 self.queue.done(&pod.key);
                 debug!("bound pod");
-                self.event(
-                    pod.pod.clone(),
-                    "Normal",
+                self.events.record(
+                    pod.pod.as_ref(),
+                    EventType::Normal,
                     "Scheduled",
                     format!("Successfully assigned {} to {node}", pod.key),
                 );
@@ -381,23 +380,11 @@ impl Scheduler {
         }
     }
 
-    fn event(&self, pod: Arc<Pod>, type_: &'static str, reason: &'static str, message: String) {
-        let event = PendingEvent {
-            pod,
-            type_,
-            reason,
-            message,
-        };
-        if self.events.try_send(event).is_err() {
-            debug!("event channel full, dropping event");
-        }
-    }
-
     /// The `FailedScheduling` event and the `PodScheduled=False` condition.
     fn report_failure(&self, pod: Arc<PodInfo>, reason: &'static str, message: String) {
-        self.event(
-            pod.pod.clone(),
-            "Warning",
+        self.events.record(
+            pod.pod.as_ref(),
+            EventType::Warning,
             "FailedScheduling",
             message.clone(),
         );
@@ -467,62 +454,6 @@ async fn set_condition(
         }
     }
     Ok(())
-}
-
-/// Writes events from the channel until every sender is gone.
-async fn record_events(client: Client, mut rx: mpsc::Receiver<PendingEvent>) {
-    let mut seq: u64 = 0;
-    while let Some(e) = rx.recv().await {
-        seq += 1;
-        let namespace = e.pod.metadata.namespace.clone().unwrap_or_default();
-        let name = e.pod.metadata.name.clone().unwrap_or_default();
-        let now = rkube_client::time::now();
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!(
-                    "{name}.{:x}{seq:x}",
-                    now.timestamp_nanos_opt().unwrap_or(0)
-                )),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".to_string()),
-                kind: Some("Pod".to_string()),
-                name: Some(name),
-                namespace: Some(namespace.clone()),
-                uid: e.pod.metadata.uid.clone(),
-                resource_version: e.pod.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            reason: Some(e.reason.to_string()),
-            message: Some(e.message),
-            type_: Some(e.type_.to_string()),
-            source: Some(EventSource {
-                component: Some(crate::config::DEFAULT_SCHEDULER_NAME.to_string()),
-                host: None,
-            }),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            reporting_component: Some(crate::config::DEFAULT_SCHEDULER_NAME.to_string()),
-            reporting_instance: Some(crate::config::DEFAULT_SCHEDULER_NAME.to_string()),
-            action: Some(
-                if e.type_ == "Normal" {
-                    "Binding"
-                } else {
-                    "Scheduling"
-                }
-                .to_string(),
-            ),
-            count: Some(1),
-            ..Default::default()
-        };
-        let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-        if let Err(err) = api.create(&event).await {
-            debug!(error = %err, "could not write event");
-        }
-    }
 }
 
 /// Feeds every event of a watcher stream to `on_event` until shutdown; errors are logged
