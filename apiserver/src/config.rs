@@ -64,6 +64,10 @@ pub struct Config {
     #[arg(long, default_value_t = 300)]
     pub etcd_compaction_interval: u64,
 
+    /// How long Events are kept (e.g. `1h`, `90s`); etcd deletes them after that.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub event_ttl: std::time::Duration,
+
     /// Events each resource's watch cache keeps for watchers that resume.
     #[arg(long, default_value_t = 10_000)]
     pub watch_cache_events: usize,
@@ -95,6 +99,7 @@ impl Config {
             service_cluster_ip_range: "10.96.0.0/12".into(),
             service_node_port_range: "30000-32767".into(),
             etcd_compaction_interval: 300,
+            event_ttl: std::time::Duration::from_secs(3600),
             watch_cache_events: 10_000,
             kubelet_client_certificate: None,
             kubelet_client_key: None,

@@ -5,7 +5,7 @@
 //! watch feeding every list and watch), builds the [`registry`] (Kubernetes semantics
 //! for every kind; per-kind rules in [`strategy`]) and serves it through [`rest`] (what
 //! kubectl speaks) and [`grpc`] (what rkube's components speak) on one HTTPS port,
-//! behind [`auth`].
+//! behind [`auth`]. Events expire through [`ttl`].
 
 pub mod allocator;
 pub mod auth;
@@ -20,6 +20,7 @@ pub mod serve;
 pub mod storage;
 pub mod strategy;
 pub mod tls;
+pub mod ttl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,8 @@ pub async fn run_with_listener(
         &config.service_node_port_range,
     )
     .context("parse service ranges")?;
-    let registry = registry::Registry::new(storage.clone(), cache.clone(), allocator);
+    let registry = registry::Registry::new(storage.clone(), cache.clone(), allocator)
+        .with_event_ttl(config.event_ttl);
     registry.ensure_system_namespaces().await?;
     if config.etcd_compaction_interval > 0 {
         let interval = Duration::from_secs(config.etcd_compaction_interval);

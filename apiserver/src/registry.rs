@@ -24,6 +24,7 @@ use crate::allocator::Allocator;
 use crate::cache::{self, CachedObject, Delivery, EventType, Subscription, WatchCache};
 use crate::storage::{self, Storage};
 use crate::strategy;
+use crate::ttl::Leases;
 
 /// Registry results: errors are Kubernetes statuses, ready for the wire.
 pub type Result<T, E = Box<Status>> = std::result::Result<T, E>;
@@ -238,6 +239,10 @@ pub struct Registry {
     pub(crate) storage: Storage,
     pub(crate) cache: WatchCache,
     pub(crate) allocator: Arc<Allocator>,
+    /// The leases expiring objects are written with (see [`crate::ttl`]).
+    leases: Arc<Leases>,
+    /// How long Events live; `None`: forever.
+    event_ttl: Option<Duration>,
 }
 
 fn boxed(s: Status) -> Box<Status> {
@@ -332,9 +337,29 @@ impl Registry {
     /// Builds the registry over a connected storage and a started cache.
     pub fn new(storage: Storage, cache: WatchCache, allocator: Allocator) -> Self {
         Registry {
+            leases: Arc::new(Leases::new(&storage.client())),
             storage,
             cache,
             allocator: Arc::new(allocator),
+            event_ttl: None,
+        }
+    }
+
+    /// Events written from now on expire `ttl` after their last write (zero: never).
+    pub fn with_event_ttl(mut self, ttl: Duration) -> Self {
+        self.event_ttl = (!ttl.is_zero()).then_some(ttl);
+        self
+    }
+
+    /// The lease a write of `resource` attaches: Events expire, nothing else does.
+    async fn lease_for(&self, resource: &Resource) -> Result<Option<i64>> {
+        let ttl = match self.event_ttl {
+            Some(ttl) if resource.group.is_empty() && resource.plural == "events" => ttl,
+            _ => return Ok(None),
+        };
+        match self.leases.for_ttl(ttl).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(e) => Err(storage_status(resource, "", e)),
         }
     }
 
@@ -691,7 +716,8 @@ impl Registry {
                 });
             }
             let claims = strategy::claims(resource, &candidate);
-            match self.storage.create(&key, &candidate, &claims).await {
+            let lease = self.lease_for(resource).await?;
+            match self.storage.create(&key, &candidate, &claims, lease).await {
                 Ok(rev) => {
                     object::set_meta_str(&mut candidate, "resourceVersion", Some(&rev.to_string()));
                     return Ok(Written {
@@ -876,9 +902,14 @@ impl Registry {
             .filter(|c| !new_claims.contains(c))
             .cloned()
             .collect();
+        let claims = storage::Claims {
+            new: &added,
+            released: &released,
+        };
+        let lease = self.lease_for(resource).await?;
         match self
             .storage
-            .update(&key, &new, current.mod_revision, &added, &released)
+            .update(&key, &new, current.mod_revision, claims, lease)
             .await
         {
             Ok(rev) => {
@@ -1040,8 +1071,15 @@ impl Registry {
                     if marked == *obj || dry_run {
                         return Ok((marked, false));
                     }
+                    let lease = self.lease_for(resource).await?;
                     self.storage
-                        .update(&key, &marked, current.mod_revision, &[], &[])
+                        .update(
+                            &key,
+                            &marked,
+                            current.mod_revision,
+                            storage::Claims::default(),
+                            lease,
+                        )
                         .await
                         .map(|rev| {
                             let mut marked = marked;
@@ -1122,7 +1160,13 @@ impl Registry {
             let key = storage::key(pods, Some(namespace), name);
             match self
                 .storage
-                .update(&key, &pod, current.mod_revision, &[], &[])
+                .update(
+                    &key,
+                    &pod,
+                    current.mod_revision,
+                    storage::Claims::default(),
+                    None,
+                )
                 .await
             {
                 Ok(rev) => {

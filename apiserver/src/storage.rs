@@ -8,7 +8,8 @@
 //! same address, whichever apiserver replica allocated it.
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, KvClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde_json::Value;
 
@@ -97,6 +98,17 @@ pub fn encode(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&obj).expect("a JSON value always serialises")
 }
 
+/// Allocation claims an update creates and releases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims<'a> {
+    pub new: &'a [String],
+    pub released: &'a [String],
+}
+
+fn put_options(lease: Option<i64>) -> Option<PutOptions> {
+    lease.map(|id| PutOptions::new().with_lease(id))
+}
+
 /// One page of a list.
 #[derive(Debug)]
 pub struct Page {
@@ -174,13 +186,20 @@ impl Storage {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
-    /// Creates `key` if absent, together with the given claims. Returns the revision.
+    /// Creates `key` if absent, together with the given claims, attached to `lease` if
+    /// given (see [`crate::ttl`]). Returns the revision.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the key exists, [`Error::ClaimTaken`] when a claim does.
-    pub async fn create(&self, key: &str, obj: &Value, claims: &[String]) -> Result<i64> {
+    pub async fn create(
+        &self,
+        key: &str,
+        obj: &Value,
+        claims: &[String],
+        lease: Option<i64>,
+    ) -> Result<i64> {
         let mut compares = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
-        let mut ops = vec![TxnOp::put(key, encode(obj), None)];
+        let mut ops = vec![TxnOp::put(key, encode(obj), put_options(lease))];
         for claim in claims {
             compares.push(Compare::create_revision(
                 claim.as_str(),
@@ -215,7 +234,8 @@ impl Storage {
     }
 
     /// Replaces `key` if its `mod_revision` is still `expected`, creating `new_claims`
-    /// and releasing `released_claims` in the same transaction. Returns the revision.
+    /// and releasing `released_claims` in the same transaction. The value is attached to
+    /// `lease` if given, and to none otherwise. Returns the revision.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Conflict`], [`Error::ClaimTaken`].
@@ -224,11 +244,15 @@ impl Storage {
         key: &str,
         obj: &Value,
         expected: i64,
-        new_claims: &[String],
-        released_claims: &[String],
+        claims: Claims<'_>,
+        lease: Option<i64>,
     ) -> Result<i64> {
+        let Claims {
+            new: new_claims,
+            released: released_claims,
+        } = claims;
         let mut compares = vec![Compare::mod_revision(key, CompareOp::Equal, expected)];
-        let mut ops = vec![TxnOp::put(key, encode(obj), None)];
+        let mut ops = vec![TxnOp::put(key, encode(obj), put_options(lease))];
         for claim in new_claims {
             compares.push(Compare::create_revision(
                 claim.as_str(),

@@ -817,3 +817,54 @@ async fn a_restarted_apiserver_loads_the_stored_objects() {
         .expect("get");
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+const EVENTS: &str = "/api/v1/namespaces/default/events";
+
+fn event(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Started", "message": "started", "type": "Normal", "count": 1
+    })
+}
+
+#[tokio::test]
+async fn events_expire_after_the_event_ttl() {
+    let c = cluster_with(|cfg| cfg.event_ttl = Duration::from_secs(2)).await;
+    let (_, list) = c.call(Method::GET, EVENTS, None).await;
+    let from = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("list resourceVersion")
+        .to_string();
+    let (code, created) = c.call(Method::POST, EVENTS, Some(event("e1"))).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let (code, body) = c.call(Method::POST, CMS, Some(cm("keep", json!({})))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // An update (a repeat's count) keeps the expiry: written with a lease again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut repeat = created.clone();
+    repeat["count"] = json!(2);
+    let (code, body) = c
+        .call(Method::PUT, &format!("{EVENTS}/e1"), Some(repeat))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // Gone within a few seconds of the last write (etcd revokes leases about once a
+    // second), and watchers are told.
+    let events = c
+        .watch(
+            &format!("{EVENTS}?watch=true&resourceVersion={from}"),
+            3,
+            Duration::from_secs(20),
+        )
+        .await;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"], "{events:?}");
+    assert_eq!(events[2]["object"]["metadata"]["name"], "e1");
+    let (code, _) = c.call(Method::GET, &format!("{EVENTS}/e1"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // Other kinds do not expire.
+    let (code, _) = c.call(Method::GET, &format!("{CMS}/keep"), None).await;
+    assert_eq!(code, StatusCode::OK);
+}
