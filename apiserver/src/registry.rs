@@ -266,7 +266,9 @@ pub(crate) fn storage_status(resource: &Resource, name: &str, err: storage::Erro
         storage::Error::Compacted { requested } => {
             Status::expired(format!("too old resource version: {requested}"))
         }
-        e @ (storage::Error::Etcd(_) | storage::Error::Corrupt { .. }) => {
+        e @ (storage::Error::Etcd(_)
+        | storage::Error::Corrupt { .. }
+        | storage::Error::LeaseNotFound) => {
             tracing::error!(error = %e, "storage failure");
             Status::internal(format!("storage failure: {e}"))
         }
@@ -360,6 +362,29 @@ impl Registry {
         match self.leases.for_ttl(ttl).await {
             Ok(lease) => Ok(Some(lease)),
             Err(e) => Err(storage_status(resource, "", e)),
+        }
+    }
+
+    /// Runs `write` with the lease of [`Self::lease_for`], and once more with a new
+    /// lease when etcd no longer knows the shared one.
+    async fn write_with_lease<T, F, Fut>(
+        &self,
+        resource: &Resource,
+        write: F,
+    ) -> Result<storage::Result<T>>
+    where
+        F: Fn(Option<i64>) -> Fut,
+        Fut: std::future::Future<Output = storage::Result<T>>,
+    {
+        let lease = self.lease_for(resource).await?;
+        match (write(lease).await, lease) {
+            (Err(storage::Error::LeaseNotFound), Some(gone)) => {
+                tracing::warn!(lease = gone, "the shared lease is gone; granting another");
+                self.leases.forget(gone).await;
+                let lease = self.lease_for(resource).await?;
+                Ok(write(lease).await)
+            }
+            (written, _) => Ok(written),
         }
     }
 
@@ -716,8 +741,12 @@ impl Registry {
                 });
             }
             let claims = strategy::claims(resource, &candidate);
-            let lease = self.lease_for(resource).await?;
-            match self.storage.create(&key, &candidate, &claims, lease).await {
+            let created = self
+                .write_with_lease(resource, |lease| {
+                    self.storage.create(&key, &candidate, &claims, lease)
+                })
+                .await?;
+            match created {
                 Ok(rev) => {
                     object::set_meta_str(&mut candidate, "resourceVersion", Some(&rev.to_string()));
                     return Ok(Written {
@@ -906,12 +935,13 @@ impl Registry {
             new: &added,
             released: &released,
         };
-        let lease = self.lease_for(resource).await?;
-        match self
-            .storage
-            .update(&key, &new, current.mod_revision, claims, lease)
-            .await
-        {
+        let updated = self
+            .write_with_lease(resource, |lease| {
+                self.storage
+                    .update(&key, &new, current.mod_revision, claims, lease)
+            })
+            .await?;
+        match updated {
             Ok(rev) => {
                 object::set_meta_str(&mut new, "resourceVersion", Some(&rev.to_string()));
                 Ok(Written {
@@ -1071,25 +1101,21 @@ impl Registry {
                     if marked == *obj || dry_run {
                         return Ok((marked, false));
                     }
-                    let lease = self.lease_for(resource).await?;
-                    self.storage
-                        .update(
-                            &key,
-                            &marked,
-                            current.mod_revision,
-                            storage::Claims::default(),
-                            lease,
-                        )
-                        .await
-                        .map(|rev| {
-                            let mut marked = marked;
-                            object::set_meta_str(
-                                &mut marked,
-                                "resourceVersion",
-                                Some(&rev.to_string()),
-                            );
-                            (marked, false)
-                        })
+                    let claims = storage::Claims::default();
+                    self.write_with_lease(resource, |lease| {
+                        self.storage
+                            .update(&key, &marked, current.mod_revision, claims, lease)
+                    })
+                    .await?
+                    .map(|rev| {
+                        let mut marked = marked;
+                        object::set_meta_str(
+                            &mut marked,
+                            "resourceVersion",
+                            Some(&rev.to_string()),
+                        );
+                        (marked, false)
+                    })
                 }
             };
             match result {

@@ -31,6 +31,8 @@ pub enum Error {
     ClaimTaken(String),
     #[error("revision {requested} has been compacted")]
     Compacted { requested: i64 },
+    #[error("the lease the write was to attach no longer exists")]
+    LeaseNotFound,
     #[error("etcd request failed")]
     Etcd(#[from] etcd_client::Error),
     #[error("stored object at {key} is not valid JSON")]
@@ -129,6 +131,19 @@ fn is_compacted(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::OutOfRange)
 }
 
+/// A write's error: [`Error::LeaseNotFound`] when etcd no longer knows the lease the
+/// write attaches ("etcdserver: requested lease not found", code NotFound).
+fn write_error(err: etcd_client::Error) -> Error {
+    match &err {
+        etcd_client::Error::GRpcStatus(s)
+            if s.code() == tonic::Code::NotFound && s.message().contains("lease") =>
+        {
+            Error::LeaseNotFound
+        }
+        _ => Error::Etcd(err),
+    }
+}
+
 impl Storage {
     /// Connects to etcd.
     ///
@@ -211,7 +226,7 @@ impl Storage {
         let mut failure = vec![TxnOp::get(key, None)];
         failure.extend(claims.iter().map(|c| TxnOp::get(c.as_str(), None)));
         let txn = Txn::new().when(compares).and_then(ops).or_else(failure);
-        let resp = self.kv().txn(txn).await?;
+        let resp = self.kv().txn(txn).await.map_err(write_error)?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         if resp.succeeded() {
             return Ok(revision);
@@ -270,7 +285,7 @@ impl Storage {
             .when(compares)
             .and_then(ops)
             .or_else(vec![TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await?;
+        let resp = self.kv().txn(txn).await.map_err(write_error)?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         if resp.succeeded() {
             return Ok(revision);

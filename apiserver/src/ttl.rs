@@ -5,7 +5,8 @@
 //! A lease per event would double the writes, so [`Leases`] shares one among all the
 //! objects written within a short window: a lease granted for `ttl` plus the window
 //! serves every write until `ttl` would outlast it. An object then lives at least `ttl`
-//! and at most `ttl` plus the window, which is 5% of `ttl` and at most a minute.
+//! and at most `ttl` plus the window, which is 5% of `ttl` and at most a minute. A write
+//! whose lease etcd no longer knows is tried once more with a new one.
 
 use std::time::Duration;
 
@@ -61,6 +62,14 @@ impl Leases {
         // Counted from before the request: etcd's clock started a little later.
         *current = Some((granted.id(), now + lifetime));
         Ok(granted.id())
+    }
+
+    /// Stops handing out `lease`, which etcd no longer knows (revoked by hand, say).
+    pub async fn forget(&self, lease: i64) {
+        let mut current = self.current.lock().await;
+        if current.is_some_and(|(id, _)| id == lease) {
+            *current = None;
+        }
     }
 }
 

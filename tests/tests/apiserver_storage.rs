@@ -868,3 +868,26 @@ async fn events_expire_after_the_event_ttl() {
     let (code, _) = c.call(Method::GET, &format!("{CMS}/keep"), None).await;
     assert_eq!(code, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn events_outlive_a_revoked_lease() {
+    let c = cluster_with(|cfg| cfg.event_ttl = Duration::from_secs(3600)).await;
+    let (code, body) = c.call(Method::POST, EVENTS, Some(event("first"))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // Someone revokes the lease the apiserver shares among events: etcd deletes what
+    // it held, and the next event write must not fail for it.
+    let mut etcd = etcd_client::Client::connect([c._etcd.endpoint()], None)
+        .await
+        .expect("connect to etcd");
+    let leases = etcd.leases().await.expect("list leases");
+    assert_eq!(leases.leases().len(), 1, "one lease shared by the events");
+    etcd.lease_revoke(leases.leases()[0].id())
+        .await
+        .expect("revoke the lease");
+    let (code, _) = c.call(Method::GET, &format!("{EVENTS}/first"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "revoking deleted the event");
+    let (code, body) = c.call(Method::POST, EVENTS, Some(event("second"))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let leases = etcd.leases().await.expect("list leases");
+    assert_eq!(leases.leases().len(), 1, "a new lease holds the new event");
+}
