@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, HTTPGetAction, HTTPHeader, Pod, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rkube_client::{Api, Client, DeleteParams, ListParams};
-use rkube_ctl::pki::Component;
-use rkube_tests::node::{phase, pod, push_busybox, root_test_main, Agent, Registry};
-use rkube_tests::{eventually, Etcd, TestApiserver};
+use rkube_client::{Api, DeleteParams, ListParams};
+use rkube_tests::eventually;
+use rkube_tests::node::{phase, pod, root_test_main, Agent, Cluster};
 
 fn main() -> std::process::ExitCode {
     root_test_main(
@@ -70,13 +69,13 @@ fn fast(probe: Probe) -> Probe {
 }
 
 async fn liveness_restarts_and_readiness_gates_ready() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let registry = Registry::start().await.expect("registry");
-    let image = push_busybox(&registry).await.expect("push image");
-    let admin = Client::connect(api.client_config(Component::Admin))
-        .await
-        .expect("connect");
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin,
+    } = Cluster::start().await;
     let pid = std::process::id();
     let node = format!("na-probes-{pid}");
     let agent = Agent::start(&api, &node, &registry.addr).expect("agent");
