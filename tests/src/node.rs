@@ -16,11 +16,10 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_client::client::{ClientConfig as OciConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
+use rkube_client::{Api, Client};
 use rkube_ctl::pki::Component;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-
-use rkube_client::{Api, Client};
 
 use crate::{Etcd, TestApiserver};
 
