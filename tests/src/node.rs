@@ -379,6 +379,19 @@ impl Agent {
     }
 }
 
+/// The size of the tmpfs mounted on `dir`; panics (the test fails) when `dir` is not one.
+pub fn tmpfs_size(dir: &Path) -> u64 {
+    let fs = nix::sys::statfs::statfs(dir)
+        .unwrap_or_else(|err| panic!("statfs {}: {err}", dir.display()));
+    assert_eq!(
+        fs.filesystem_type(),
+        nix::sys::statfs::TMPFS_MAGIC,
+        "{} is a tmpfs",
+        dir.display()
+    );
+    fs.blocks() as u64 * fs.block_size() as u64
+}
+
 pub fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {

@@ -9,11 +9,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use rkube_client::{Api, Client};
-use rkube_ctl::pki::Component;
-use rkube_tests::node::{phase, pod, push_busybox, root_test_main, Agent, Registry};
+use rkube_client::Api;
+use rkube_tests::node::{phase, pod, root_test_main, Agent, Cluster};
 use rkube_tests::terminal::run_in_terminal;
-use rkube_tests::{eventually, Etcd, TestApiserver};
+use rkube_tests::{eventually, TestApiserver};
 
 fn main() -> std::process::ExitCode {
     root_test_main(
@@ -49,13 +48,13 @@ async fn phase_is(pods: &Api<Pod>, name: &str, want: &str) {
 }
 
 async fn kubectl_logs_and_exec_reach_real_containers() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let registry = Registry::start().await.expect("registry");
-    let image = push_busybox(&registry).await.expect("push image");
-    let client = Client::connect(api.client_config(Component::Scheduler))
-        .await
-        .expect("connect");
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin: client,
+    } = Cluster::start().await;
     let pid = std::process::id();
     let node = format!("ks-agent-{pid}");
     let agent = Agent::start(&api, &node, &registry.addr).expect("agent");

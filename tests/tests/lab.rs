@@ -18,7 +18,7 @@ use rkube_tests::lab::{
     agent_processes, assert_down_leaves_nothing, busybox_pod, pid_alive, require_binaries,
     test_underlay, Lab, LabPorts,
 };
-use rkube_tests::node::{cgroup_dirs, push_busybox_to};
+use rkube_tests::node::{cgroup_dirs, push_busybox_to, tmpfs_size};
 use serde_json::Value;
 
 const NODES: usize = 2;
@@ -216,15 +216,7 @@ async fn lab_up_runs_pods_on_every_node_and_down_leaves_nothing() {
     // Lab nodes keep their containers' writable layers and logs in memory.
     for root in &roots {
         for dir in ["layers", "logs"] {
-            let path = root.join(dir);
-            let fs = nix::sys::statfs::statfs(&path)
-                .unwrap_or_else(|err| panic!("statfs {}: {err}", path.display()));
-            assert_eq!(
-                fs.filesystem_type(),
-                nix::sys::statfs::TMPFS_MAGIC,
-                "{} is a tmpfs",
-                path.display()
-            );
+            tmpfs_size(&root.join(dir));
         }
     }
 

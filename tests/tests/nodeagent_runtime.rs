@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rkube_client::{Api, Client, DeleteParams};
 use rkube_ctl::pki::Component;
 use rkube_tests::node::{
-    cgroup_dirs, entries, log_files, phase, pod, root_test_main, Agent, Cluster,
+    cgroup_dirs, entries, log_files, phase, pod, root_test_main, tmpfs_size, Agent, Cluster,
 };
 use rkube_tests::{eventually, TestApiserver};
 
@@ -428,7 +428,11 @@ async fn keeps_writable_layers_and_logs_in_memory_when_asked() {
     })
     .await;
     for dir in ["layers", "logs"] {
-        assert_tmpfs_of(&root.join(dir), SIZE);
+        assert_eq!(
+            tmpfs_size(&root.join(dir)),
+            SIZE,
+            "{dir} has the size asked"
+        );
     }
     let written = find_file(&root.join("layers"), "written").expect("/written in an upper dir");
     assert_eq!(
@@ -473,7 +477,11 @@ async fn keeps_writable_layers_and_logs_in_memory_when_asked() {
         before.and_then(|s| s.container_id)
     );
     for dir in ["layers", "logs"] {
-        assert_tmpfs_of(&root.join(dir), SIZE);
+        assert_eq!(
+            tmpfs_size(&root.join(dir)),
+            SIZE,
+            "{dir} has the size asked"
+        );
     }
     assert!(written.exists(), "{} is still there", written.display());
 
@@ -517,21 +525,4 @@ fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
         }
     }
     None
-}
-
-fn assert_tmpfs_of(dir: &Path, size: u64) {
-    let fs = nix::sys::statfs::statfs(dir)
-        .unwrap_or_else(|err| panic!("statfs {}: {err}", dir.display()));
-    assert_eq!(
-        fs.filesystem_type(),
-        nix::sys::statfs::TMPFS_MAGIC,
-        "{} is a tmpfs",
-        dir.display()
-    );
-    assert_eq!(
-        fs.blocks() as u64 * fs.block_size() as u64,
-        size,
-        "{} has the size asked",
-        dir.display()
-    );
 }

@@ -20,12 +20,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Capabilities, Pod, SeccompProfile, SecurityContext};
-use rkube_client::{Api, Client, DeleteParams};
-use rkube_ctl::pki::Component;
-use rkube_tests::node::{
-    entries, log_files, phase, pod, push_busybox, root_test_main, Agent, Registry,
-};
-use rkube_tests::{eventually, Etcd, TestApiserver};
+use rkube_client::{Api, DeleteParams};
+use rkube_tests::eventually;
+use rkube_tests::node::{entries, log_files, phase, pod, root_test_main, Agent, Cluster};
 
 fn main() -> std::process::ExitCode {
     root_test_main(
@@ -137,13 +134,13 @@ fn all_caps_mask() -> String {
 }
 
 async fn containers_get_default_capabilities_masks_and_seccomp() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let registry = Registry::start().await.expect("registry");
-    let image = push_busybox(&registry).await.expect("push image");
-    let admin = Client::connect(api.client_config(Component::Scheduler))
-        .await
-        .expect("connect");
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin,
+    } = Cluster::start().await;
     let pid = std::process::id();
     let node = format!("na-security-{pid}");
     let agent = Agent::start(&api, &node, &registry.addr).expect("agent");

@@ -12,8 +12,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use rkube_client::{Api, Client};
-use rkube_ctl::pki::Component;
+use rkube_client::Api;
 use rkube_nodeagent::runtime::{
     ContainerId, ContainerRuntime, Error as RuntimeError, LocalRuntime, LocalRuntimeConfig,
     LogRotation,
@@ -24,8 +23,8 @@ use rkube_proto::node::v1::node_agent_client::NodeAgentClient;
 use rkube_proto::node::v1::{
     ContainerRef, ExecInput, ExecStart, LogsRequest, StatsRequest, TerminalSize,
 };
-use rkube_tests::node::{phase, pod, push_busybox, root_test_main, Agent, Registry};
-use rkube_tests::{eventually, Etcd, TestApiserver};
+use rkube_tests::eventually;
+use rkube_tests::node::{phase, pod, root_test_main, Agent, Cluster};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn main() -> std::process::ExitCode {
@@ -171,13 +170,13 @@ async fn running(pods: &Api<Pod>, name: &str) -> Pod {
 }
 
 async fn serves_logs_exec_and_stats_over_grpc() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let api = TestApiserver::start(&etcd).await.expect("apiserver");
-    let registry = Registry::start().await.expect("registry");
-    let image = push_busybox(&registry).await.expect("push image");
-    let admin = Client::connect(api.client_config(Component::Scheduler))
-        .await
-        .expect("connect");
+    let Cluster {
+        etcd: _etcd,
+        api,
+        registry,
+        image,
+        admin,
+    } = Cluster::start().await;
     let pid = std::process::id();
     let node = format!("na-streams-{pid}");
     let rotation = LogRotation {
